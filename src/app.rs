@@ -1,0 +1,111 @@
+//! `App`: builds the BFF from its config, binds the listener itself, and runs until shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::{
+    config::ServeConfig,
+    http::{self, AppState, StreamSettings},
+    hub::Hub,
+    upstream::{ChannelError, DocumentProgress, UpstreamChannel},
+};
+
+/// Why the BFF could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The upstream endpoints are unusable.
+    #[error(transparent)]
+    Upstream(#[from] ChannelError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The BFF, bound and ready to serve.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl App {
+    /// Connects (lazily) to the upstream and binds the listen address. `shutdown` ends the
+    /// server and every open stream when cancelled.
+    pub async fn build(
+        config: ServeConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, BuildError> {
+        let channel = UpstreamChannel {
+            urls: config.upstreams.clone(),
+            connect_timeout: config.upstream_connect_timeout,
+            keepalive_interval: config.upstream_keepalive,
+            keepalive_timeout: Duration::from_secs(20),
+        }
+        .connect_lazy()?;
+        let state = AppState {
+            progress: Hub::new(
+                Arc::new(DocumentProgress::new(channel.clone())),
+                config.first_event_wait,
+            ),
+            stream: StreamSettings {
+                heartbeat: config.heartbeat,
+                retry: config.retry,
+            },
+            shutdown: shutdown.clone(),
+            health: HealthClient::new(channel),
+            health_service: "docproc.v1.DocumentProcessor",
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| BuildError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            router: http::router(state),
+            shutdown,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until the shutdown token is cancelled, then lets open streams end (they select
+    /// on the same token) for at most the grace period.
+    pub async fn run(self) -> std::io::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!(%addr, "sse-bff listening");
+        let shutdown = self.shutdown.clone();
+        let server = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let stopped = self.shutdown.clone();
+        let grace = self.grace;
+        tokio::select! {
+            result = server => result,
+            () = async move {
+                stopped.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(?grace, "connections still open after the grace period; exiting anyway");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The project's own event type: what the upstream mapping produces and every transport writes.
+//!
+//! An event is serialised once, when it is mapped from the upstream message, and then shared by
+//! reference among every viewer that receives it.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+/// What an event means for the stream that carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A non-terminal update (queued, running).
+    Progress,
+    /// The job finished successfully; the stream ends after this event.
+    Completed,
+    /// The job failed; the stream ends after this event.
+    Failed,
+}
+
+impl EventKind {
+    /// The SSE `event:` name. A static string, so it can never break the framing.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Progress => "progress",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether the stream ends after an event of this kind.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Progress)
+    }
+}
+
+/// One update of a streamed resource, ready to be written by any transport.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    /// The upstream sequence number, used as the SSE `id`.
+    pub id: u64,
+    /// The event name and whether it ends the stream.
+    pub kind: EventKind,
+    /// One line of JSON (serde_json escapes every control character, so no newline can occur).
+    pub data: Bytes,
+    /// When the upstream produced the update, for delivery-lag measurements.
+    pub emitted_at: Option<SystemTime>,
+}

@@ -1,0 +1,187 @@
+//! The one place that turns errors into what a client sees: an `application/problem+json`
+//! response (RFC 9457) before a stream starts, or an `event: error` frame inside one.
+//! It does not log; the trace layer and the stream's span do.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use serde::Serialize;
+use tonic::Code;
+
+use crate::{sse, upstream::UpstreamError};
+
+/// Seconds a client is asked to wait after a 429 or 503.
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// Everything that can go wrong in a request, as the client is told about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The document id is empty, too long or has characters outside `[A-Za-z0-9._-]`.
+    #[error("document id must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
+    InvalidDocumentId,
+    /// The client accepts none of the representations offered.
+    #[error("this resource is available as text/event-stream")]
+    NotAcceptable,
+    /// The upstream failed.
+    #[error("{}", .0.message)]
+    Upstream(UpstreamError),
+    /// The service is shutting down.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    /// The upstream health check failed.
+    #[error("upstream not ready: {0}")]
+    NotReady(String),
+}
+
+/// The JSON body of both representations. Field names follow RFC 9457 plus the contract's
+/// `code`, `grpcStatus`, `httpStatus` and `retryable`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_status: Option<i32>,
+    http_status: u16,
+    message: &'a str,
+    retryable: bool,
+}
+
+impl ApiError {
+    /// The HTTP status, following grpc-gateway's mapping for upstream codes.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidDocumentId => StatusCode::BAD_REQUEST,
+            Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            Self::Upstream(e) => http_status_of(e.code),
+            Self::ShuttingDown | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable machine-readable code: the gRPC code name in snake case for upstream errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidDocumentId => "invalid_document_id",
+            Self::NotAcceptable => "not_acceptable",
+            Self::Upstream(e) => code_name(e.code),
+            Self::ShuttingDown => "shutting_down",
+            Self::NotReady(_) => "not_ready",
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Upstream(e) => matches!(
+                e.code,
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+            ),
+            Self::ShuttingDown | Self::NotReady(_) => true,
+            Self::InvalidDocumentId | Self::NotAcceptable => false,
+        }
+    }
+
+    fn grpc_status(&self) -> Option<i32> {
+        match self {
+            Self::Upstream(e) => Some(e.code as i32),
+            _ => None,
+        }
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let status = self.status();
+        let message = self.to_string();
+        let body = Body {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: &message,
+            code: self.code(),
+            grpc_status: self.grpc_status(),
+            http_status: status.as_u16(),
+            message: &message,
+            retryable: self.retryable(),
+        };
+        // Serialising plain strings and numbers cannot fail; an empty object is a safe fallback.
+        serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec())
+    }
+
+    /// The `event: error` frame that ends a stream that already answered 200.
+    pub fn to_sse(&self) -> Bytes {
+        sse::frame(None, "error", &self.body())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            )],
+            self.body(),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+fn http_status_of(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        // 499 Client Closed Request, as grpc-gateway uses it.
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}

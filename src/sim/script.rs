@@ -1,0 +1,204 @@
+//! Job scripts for the simulator, loaded from JSON files under `fixtures/` (or the copies
+//! embedded in the binary, so `demo` runs from anywhere).
+
+use std::{collections::HashMap, fs, path::Path, time::Duration};
+
+use serde::Deserialize;
+use tonic::Code;
+
+/// The scripts compiled into the binary: the files of `fixtures/jobs/`.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("doc-1.json", include_str!("../../fixtures/jobs/doc-1.json")),
+    ("doc-2.json", include_str!("../../fixtures/jobs/doc-2.json")),
+    ("doc-3.json", include_str!("../../fixtures/jobs/doc-3.json")),
+    (
+        "scan-42.json",
+        include_str!("../../fixtures/jobs/scan-42.json"),
+    ),
+    (
+        "report-q3.json",
+        include_str!("../../fixtures/jobs/report-q3.json"),
+    ),
+];
+
+/// Why the scripts could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    /// A fixture directory or file could not be read.
+    #[error("fixtures {path}: {source}")]
+    Read {
+        /// The path that failed.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file is not a valid job script.
+    #[error("fixture {file}: {source}")]
+    Parse {
+        /// The file name.
+        file: String,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+    /// Two files script the same document.
+    #[error("fixture {file}: document {document_id:?} is scripted twice")]
+    Duplicate {
+        /// The second file.
+        file: String,
+        /// The document id.
+        document_id: String,
+    },
+}
+
+/// One scripted job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    /// The document this job processes.
+    pub document_id: String,
+    /// The tenant the document belongs to; other tenants get PERMISSION_DENIED.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// When set, every call fails at once with this status (before any message).
+    #[serde(default)]
+    pub reject: Option<ScriptStatus>,
+    /// The updates, in order.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+/// One step of a job: after a delay, either an update or the end of the job with an error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Delay before this step, at speed 1.
+    #[serde(default)]
+    pub after_ms: u64,
+    /// `queued`, `running`, `completed` or `failed`; absent for an error step.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Progress in percent.
+    #[serde(default)]
+    pub percent: u32,
+    /// Stage name.
+    #[serde(default)]
+    pub stage: String,
+    /// Human-readable text.
+    #[serde(default)]
+    pub message: String,
+    /// Repeat `message` until it is at least this many bytes long (for oversized-text tests).
+    #[serde(default)]
+    pub message_min_bytes: usize,
+    /// Set on a failed update, e.g. `UNSUPPORTED_FORMAT`.
+    #[serde(default)]
+    pub error_code: String,
+    /// Ends every attached call with this gRPC status instead of sending an update.
+    #[serde(default)]
+    pub grpc_error: Option<ScriptStatus>,
+}
+
+/// A gRPC status named in a script, e.g. `{"code": "unavailable", "message": "worker lost"}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptStatus {
+    /// The code in snake case, as in the gRPC spec (`not_found`, `unavailable`, ...).
+    pub code: String,
+    /// The status message.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl ScriptStatus {
+    /// The tonic status this entry describes.
+    pub fn to_status(&self) -> tonic::Status {
+        tonic::Status::new(code_from_name(&self.code), self.message.clone())
+    }
+}
+
+impl Step {
+    /// The delay before this step at the given speed factor.
+    pub fn delay(&self, speed: f64) -> Duration {
+        Duration::from_millis(self.after_ms).div_f64(speed)
+    }
+
+    /// The message with any padding the script asks for.
+    pub fn full_message(&self) -> String {
+        let mut message = self.message.clone();
+        if !message.is_empty() {
+            while message.len() < self.message_min_bytes {
+                message.push_str(&self.message);
+            }
+        }
+        message
+    }
+}
+
+/// Loads every `*.json` file of the given directories, or the embedded scripts when none is
+/// given.
+pub fn load(dirs: &[impl AsRef<Path>]) -> Result<HashMap<String, Script>, ScriptError> {
+    let mut files = Vec::new();
+    if dirs.is_empty() {
+        files.extend(
+            EMBEDDED
+                .iter()
+                .map(|(name, text)| ((*name).to_owned(), (*text).to_owned())),
+        );
+    }
+    for dir in dirs {
+        let dir = dir.as_ref();
+        let read_err = |source| ScriptError::Read {
+            path: dir.display().to_string(),
+            source,
+        };
+        let mut paths: Vec<_> = fs::read_dir(dir)
+            .map_err(read_err)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let text = fs::read_to_string(&path).map_err(|source| ScriptError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            files.push((path.display().to_string(), text));
+        }
+    }
+    let mut scripts = HashMap::new();
+    for (file, text) in files {
+        let script: Script = serde_json::from_str(&text).map_err(|source| ScriptError::Parse {
+            file: file.clone(),
+            source,
+        })?;
+        if scripts.contains_key(&script.document_id) {
+            return Err(ScriptError::Duplicate {
+                file,
+                document_id: script.document_id,
+            });
+        }
+        scripts.insert(script.document_id.clone(), script);
+    }
+    Ok(scripts)
+}
+
+fn code_from_name(name: &str) -> Code {
+    match name {
+        "ok" => Code::Ok,
+        "cancelled" => Code::Cancelled,
+        "invalid_argument" => Code::InvalidArgument,
+        "deadline_exceeded" => Code::DeadlineExceeded,
+        "not_found" => Code::NotFound,
+        "already_exists" => Code::AlreadyExists,
+        "permission_denied" => Code::PermissionDenied,
+        "resource_exhausted" => Code::ResourceExhausted,
+        "failed_precondition" => Code::FailedPrecondition,
+        "aborted" => Code::Aborted,
+        "out_of_range" => Code::OutOfRange,
+        "unimplemented" => Code::Unimplemented,
+        "internal" => Code::Internal,
+        "unavailable" => Code::Unavailable,
+        "data_loss" => Code::DataLoss,
+        "unauthenticated" => Code::Unauthenticated,
+        _ => Code::Unknown,
+    }
+}

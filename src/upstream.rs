@@ -1,0 +1,100 @@
+//! Upstream gRPC services: the generic seam between a streamed resource and the transports.
+//!
+//! A [`Resource`] knows how to open one server-streaming call and map its messages to
+//! [`StreamEvent`]s. Adding another streamed resource means one new mapping file beside
+//! `docproc.rs` and one route; nothing here changes.
+
+mod channel;
+mod docproc;
+
+use std::{fmt, pin::Pin, sync::Arc};
+
+use futures_util::{Stream, future::BoxFuture};
+use tonic::Code;
+
+pub use channel::{ChannelError, UpstreamChannel};
+pub use docproc::DocumentProgress;
+
+use crate::event::StreamEvent;
+
+/// The events of one upstream call, or the error that ended it.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, UpstreamError>> + Send>>;
+
+/// A streamed resource backed by one server-streaming gRPC method.
+pub trait Resource: Send + Sync + fmt::Debug + 'static {
+    /// The route template the resource is served under, used in logs and sharing keys.
+    fn route(&self) -> &'static str;
+
+    /// Opens the upstream call. Resolves when the upstream has answered with headers (or an
+    /// error); the returned stream yields the mapped events.
+    fn open(&self, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>>;
+}
+
+/// A shared handle to a resource, as the router and the hub hold it.
+pub type SharedResource = Arc<dyn Resource>;
+
+/// What one upstream call asks for and on whose behalf.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The validated resource id (for documents: the document id).
+    pub id: String,
+    /// Only events with a sequence above this are wanted; 0 means from the first.
+    pub resume_after: u64,
+    /// Identity and tracing metadata passed on to the upstream.
+    pub identity: Identity,
+}
+
+/// Who is asking, passed to the upstream as gRPC metadata.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// `x-user-id`: the token's subject.
+    pub user_id: Option<String>,
+    /// `x-tenant-id`: the token's tenant claim.
+    pub tenant_id: Option<String>,
+    /// `x-request-id`: always set.
+    pub request_id: String,
+    /// The W3C `traceparent` of the inbound request, when it had a valid one.
+    pub traceparent: Option<String>,
+}
+
+/// An upstream failure, reduced to what the HTTP layer needs: the gRPC code and its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("upstream {code:?}: {message}")]
+pub struct UpstreamError {
+    /// The gRPC status code.
+    pub code: Code,
+    /// The upstream's message, bounded in length.
+    pub message: String,
+}
+
+/// The longest upstream error message passed on to clients; longer ones are cut.
+const MAX_ERROR_MESSAGE: usize = 512;
+
+impl UpstreamError {
+    /// Builds an error, cutting the message at a character boundary if it is too long.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE {
+            let mut end = MAX_ERROR_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        Self { code, message }
+    }
+
+    /// The upstream ended its stream with OK before sending a terminal update.
+    pub fn ended_early() -> Self {
+        Self::new(
+            Code::Unavailable,
+            "upstream ended the stream before the job finished",
+        )
+    }
+}
+
+impl From<tonic::Status> for UpstreamError {
+    fn from(status: tonic::Status) -> Self {
+        Self::new(status.code(), status.message())
+    }
+}
