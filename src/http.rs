@@ -7,13 +7,18 @@ mod stream;
 
 use std::time::Duration;
 
-use axum::{Router, http::Request, routing::get};
+use axum::{
+    Router,
+    http::{Request, Uri},
+    routing::get,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+
 pub use progress::valid_document_id;
 pub use stream::StreamSettings;
 
@@ -43,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .fallback(not_found)
         .with_state(state);
     // Layers listed here run outer to inner for requests. There is deliberately no compression
     // layer: compressing an event stream buffers it.
@@ -58,4 +64,15 @@ pub fn router(state: AppState) -> Router {
                 tracing::info!(status = response.status().as_u16(), ?latency, "response");
             }),
     )
+}
+
+/// Unknown paths get a problem body too. A path shaped like a progress stream whose id the
+/// router could not capture (empty, or with a `/` in it) is a malformed id, not a missing route.
+async fn not_found(uri: Uri) -> ApiError {
+    let path = uri.path();
+    if path.starts_with("/documents/") && path.ends_with("/progress") {
+        ApiError::InvalidDocumentId
+    } else {
+        ApiError::NoRoute
+    }
 }

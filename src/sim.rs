@@ -140,13 +140,14 @@ impl Sim {
         health
             .set_serving::<DocumentProcessorServer<SimService>>()
             .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
         // grpcurl 1.8 still speaks the v1alpha reflection protocol.
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let jobs_shutdown = self.service.inner.shutdown.clone();
         let addr = self.local_addr();
         tracing::info!(%addr, "upstream simulator listening");

@@ -21,6 +21,9 @@ pub enum ApiError {
     /// The document id is empty, too long or has characters outside `[A-Za-z0-9._-]`.
     #[error("document id must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
     InvalidDocumentId,
+    /// No route matches the path.
+    #[error("no such resource")]
+    NoRoute,
     /// The client accepts none of the representations offered.
     #[error("this resource is available as text/event-stream")]
     NotAcceptable,
@@ -59,6 +62,7 @@ impl ApiError {
         match self {
             Self::InvalidDocumentId => StatusCode::BAD_REQUEST,
             Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Upstream(e) => http_status_of(e.code),
             Self::ShuttingDown | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -69,6 +73,7 @@ impl ApiError {
         match self {
             Self::InvalidDocumentId => "invalid_document_id",
             Self::NotAcceptable => "not_acceptable",
+            Self::NoRoute => "no_route",
             Self::Upstream(e) => code_name(e.code),
             Self::ShuttingDown => "shutting_down",
             Self::NotReady(_) => "not_ready",
@@ -86,7 +91,7 @@ impl ApiError {
                     | Code::Aborted
             ),
             Self::ShuttingDown | Self::NotReady(_) => true,
-            Self::InvalidDocumentId | Self::NotAcceptable => false,
+            Self::InvalidDocumentId | Self::NotAcceptable | Self::NoRoute => false,
         }
     }
 

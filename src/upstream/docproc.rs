@@ -124,7 +124,7 @@ fn map_update(update: ProcessingUpdate) -> Result<StreamEvent, UpstreamError> {
         percent: update.progress_percent.min(100),
         stage: &update.stage,
         message: &update.message,
-        emitted_at: update.emitted_at.map(|ts| ts.to_string()),
+        emitted_at: update.emitted_at.map(rfc3339_nanos),
         error_code: &update.error_code,
     };
     let json = serde_json::to_vec(&data)
@@ -135,6 +135,17 @@ fn map_update(update: ProcessingUpdate) -> Result<StreamEvent, UpstreamError> {
         data: Bytes::from(json),
         emitted_at,
     })
+}
+
+/// RFC 3339 in UTC with all nine fractional digits, so clients never lose precision and every
+/// value has the same shape.
+fn rfc3339_nanos(mut ts: prost_types::Timestamp) -> String {
+    ts.normalize();
+    let nanos = ts.nanos;
+    ts.nanos = 0;
+    let whole = ts.to_string();
+    let seconds = whole.strip_suffix('Z').unwrap_or(&whole);
+    format!("{seconds}.{nanos:09}Z")
 }
 
 fn timestamp_to_system_time(ts: &prost_types::Timestamp) -> Option<SystemTime> {

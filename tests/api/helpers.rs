@@ -1,0 +1,230 @@
+//! `TestApp`: the simulator and the BFF on ephemeral loopback ports, with one method per
+//! endpoint, and an SSE reader over a real HTTP response.
+
+use std::{collections::VecDeque, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use sse_bff::{
+    App, ServeConfig, Sim,
+    sim::{SimConfig, SimStats},
+    sse::{Decoder, Frame},
+};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single wait in a test may take before the test fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A running simulator and BFF.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub sim_addr: SocketAddr,
+    pub sim: Arc<SimStats>,
+    pub client: reqwest::Client,
+    pub shutdown: CancellationToken,
+    sim_shutdown: CancellationToken,
+}
+
+/// Options for a [`TestApp`], defaulting to the service's own defaults and a fast simulator.
+pub struct TestAppBuilder {
+    speed: f64,
+    config: ServeConfig,
+    start_sim: bool,
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        init_logs();
+        TestAppBuilder {
+            speed: 20.0,
+            config: ServeConfig::with_upstream("http://127.0.0.1:1"),
+            start_sim: true,
+        }
+    }
+
+    pub async fn spawn() -> Self {
+        Self::builder().spawn().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `GET /documents/{id}/progress` with `Accept: text/event-stream`.
+    pub async fn open_progress(&self, document_id: &str) -> reqwest::Response {
+        self.open_progress_with(document_id, &HeaderMap::new())
+            .await
+    }
+
+    /// The same with extra headers.
+    pub async fn open_progress_with(
+        &self,
+        document_id: &str,
+        headers: &HeaderMap,
+    ) -> reqwest::Response {
+        self.get(&format!("/documents/{document_id}/progress"), headers)
+            .await
+    }
+
+    pub async fn get(&self, path: &str, headers: &HeaderMap) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path)).headers(headers.clone());
+        if !headers.contains_key("accept") {
+            request = request.header("accept", "text/event-stream");
+        }
+        tokio::time::timeout(PATIENCE, request.send())
+            .await
+            .expect("response within patience")
+            .expect("request sent")
+    }
+
+    /// Opens a stream, asserts it is a 200 event stream, and reads it to its end.
+    pub async fn transcript(&self, document_id: &str) -> Vec<Frame> {
+        let response = self.open_progress(document_id).await;
+        assert_eq!(response.status(), 200, "stream of {document_id} opens");
+        SseReader::new(response).read_to_end().await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.sim_shutdown.cancel();
+    }
+}
+
+impl TestAppBuilder {
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.config.heartbeat = every;
+        self
+    }
+
+    pub fn speed(mut self, speed: f64) -> Self {
+        self.speed = speed;
+        self
+    }
+
+    /// Points the BFF at an address where nothing listens.
+    pub fn without_sim(mut self) -> Self {
+        self.start_sim = false;
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let sim_shutdown = CancellationToken::new();
+        let fixtures = ["jobs", "scenarios"].map(|dir| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures")
+                .join(dir)
+        });
+        let sim = Sim::build(SimConfig::for_tests(fixtures.to_vec(), self.speed))
+            .await
+            .expect("sim builds");
+        let sim_addr = sim.local_addr();
+        let stats = sim.stats();
+        if self.start_sim {
+            tokio::spawn(sim.run(sim_shutdown.clone()));
+        } else {
+            drop(sim);
+        }
+        let mut config = self.config;
+        config.upstreams = vec![format!("http://{sim_addr}")];
+        let shutdown = CancellationToken::new();
+        let app = App::build(config, shutdown.clone())
+            .await
+            .expect("app builds");
+        let addr = app.local_addr();
+        tokio::spawn(app.run());
+        let client = reqwest::Client::builder().build().expect("client builds");
+        TestApp {
+            addr,
+            sim_addr,
+            sim: stats,
+            client,
+            shutdown,
+            sim_shutdown,
+        }
+    }
+}
+
+/// Reads SSE frames from a response, in any chunking.
+pub struct SseReader {
+    response: reqwest::Response,
+    decoder: Decoder,
+    pending: VecDeque<Frame>,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            response,
+            decoder: Decoder::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// The next frame, or `None` when the response ended.
+    pub async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.pending.pop_front() {
+                return Some(frame);
+            }
+            let chunk = tokio::time::timeout(PATIENCE, self.response.chunk())
+                .await
+                .expect("next chunk within patience")
+                .expect("body reads without error")?;
+            self.pending.extend(self.decoder.feed(&chunk));
+        }
+    }
+
+    /// The next event (skipping comments and `retry:`).
+    pub async fn next_event(&mut self) -> Option<Frame> {
+        loop {
+            match self.next().await? {
+                frame @ Frame::Event { .. } => return Some(frame),
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn read_to_end(mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.next().await {
+            frames.push(frame);
+        }
+        frames
+    }
+}
+
+/// The events of a transcript as (id, event name, parsed data).
+pub fn events(frames: &[Frame]) -> Vec<(Option<String>, String, Value)> {
+    frames
+        .iter()
+        .filter_map(|frame| match frame {
+            Frame::Event { id, event, data } => Some((
+                id.clone(),
+                event.clone(),
+                serde_json::from_str(data).expect("data is JSON"),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Parses a problem+json response, asserting its content type and status fields.
+pub async fn problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status, "status");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["httpStatus"], status);
+    body
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        sse_bff::telemetry::init(sse_bff::config::LogFormat::Text);
+    }
+}

@@ -1,0 +1,9 @@
+//! The integration tests: a real simulator and a real BFF on loopback ports, driven through a
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! real HTTP client that parses SSE.
+
+mod errors;
+mod grpcurl;
+mod helpers;
+mod lifecycle;
+mod stream;
