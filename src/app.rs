@@ -7,8 +7,9 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::{
+    auth::{Authenticator, KeyError},
     config::ServeConfig,
-    http::{self, AppState, StreamSettings},
+    http::{self, AppState, EdgeSettings, StreamLimits, StreamSettings},
     hub::Hub,
     upstream::{ChannelError, DocumentProgress, UpstreamChannel},
 };
@@ -19,6 +20,9 @@ pub enum BuildError {
     /// The upstream endpoints are unusable.
     #[error(transparent)]
     Upstream(#[from] ChannelError),
+    /// The token verification keys are unusable.
+    #[error(transparent)]
+    Auth(#[from] KeyError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -41,10 +45,7 @@ pub struct App {
 impl App {
     /// Connects (lazily) to the upstream and binds the listen address. `shutdown` ends the
     /// server and every open stream when cancelled.
-    pub async fn build(
-        config: ServeConfig,
-        shutdown: CancellationToken,
-    ) -> Result<Self, BuildError> {
+    pub async fn build(config: ServeConfig, shutdown: CancellationToken) -> Result<Self, BuildError> {
         let channel = UpstreamChannel {
             urls: config.upstreams.clone(),
             connect_timeout: config.upstream_connect_timeout,
@@ -52,39 +53,36 @@ impl App {
             keepalive_timeout: Duration::from_secs(20),
         }
         .connect_lazy()?;
+        let auth = Authenticator::from_config(&config.auth)?;
+        if matches!(auth, Authenticator::Disabled) {
+            tracing::warn!(
+                "AUTHENTICATION IS DISABLED (--insecure-no-auth): every stream is anonymous; never run this way in production"
+            );
+        }
         let state = AppState {
-            progress: Hub::new(
-                Arc::new(DocumentProgress::new(channel.clone())),
-                config.first_event_wait,
-            ),
+            progress: Hub::new(Arc::new(DocumentProgress::new(channel.clone())), config.first_event_wait),
             stream: StreamSettings {
                 heartbeat: config.heartbeat,
                 retry: config.retry,
+                max_lifetime: config.max_stream_lifetime,
             },
             shutdown: shutdown.clone(),
             health: HealthClient::new(channel),
             health_service: "docproc.v1.DocumentProcessor",
+            auth,
+            limits: StreamLimits::new(config.max_streams, config.max_streams_per_user),
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| BuildError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        Ok(Self {
-            listener,
-            router: http::router(state),
-            shutdown,
-            grace: config.shutdown_grace,
-        })
+        let edge =
+            EdgeSettings { cors_origins: config.cors_origins.clone(), max_header_bytes: config.max_header_bytes };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
+        Ok(Self { listener, router: http::router(state, &edge), shutdown, grace: config.shutdown_grace })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// Serves until the shutdown token is cancelled, then lets open streams end (they select
@@ -93,8 +91,8 @@ impl App {
         let addr = self.local_addr();
         tracing::info!(%addr, "sse-bff listening");
         let shutdown = self.shutdown.clone();
-        let server = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let server =
+            axum::serve(self.listener, self.router).with_graceful_shutdown(async move { shutdown.cancelled().await });
         let stopped = self.shutdown.clone();
         let grace = self.grace;
         tokio::select! {

@@ -5,19 +5,20 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{demo::DemoConfig, sim::SimConfig};
+use axum::http::HeaderValue;
+
+use crate::{
+    auth::{AuthConfig, TokenConfig},
+    demo::DemoConfig,
+    sim::SimConfig,
+};
 
 /// Turns server-streaming gRPC calls into browser-ready Server-Sent Events.
 #[derive(Debug, Parser)]
 #[command(name = "sse-bff", version, about)]
 pub struct Cli {
     /// Log line format.
-    #[arg(
-        long,
-        global = true,
-        env = "SSE_BFF_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "SSE_BFF_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
     /// What to run.
     #[command(subcommand)]
@@ -28,11 +29,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the BFF.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Run the simulated DocumentProcessor gRPC service.
     UpstreamSim(SimConfig),
     /// Run the simulator and the BFF in one process and print how to try them.
     Demo(DemoConfig),
+    /// Print a signed HS256 development token.
+    Token(TokenConfig),
 }
 
 /// Log output format.
@@ -73,21 +76,37 @@ pub struct ServeConfig {
     /// On shutdown, how long open streams get to end before the process exits anyway.
     #[arg(long, env = "SSE_BFF_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// The longest a stream stays open before the client is asked to reconnect, whatever the
+    /// token's lifetime.
+    #[arg(long, env = "SSE_BFF_MAX_STREAM_LIFETIME", default_value = "1h", value_parser = parse_duration)]
+    pub max_stream_lifetime: Duration,
+    /// Open streams allowed in total (429 beyond).
+    #[arg(long, env = "SSE_BFF_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+    /// Open streams allowed per user (429 beyond).
+    #[arg(long, env = "SSE_BFF_MAX_STREAMS_PER_USER", default_value_t = 32)]
+    pub max_streams_per_user: usize,
+    /// Browser origin allowed to open streams with credentials (repeatable); `*` is refused.
+    #[arg(long = "cors-origin", env = "SSE_BFF_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<HeaderValue>,
+    /// The most bytes of request headers accepted (431 beyond).
+    #[arg(long, env = "SSE_BFF_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Token verification.
+    #[command(flatten)]
+    pub auth: AuthConfig,
 }
 
 impl ServeConfig {
     /// The defaults of every flag, listening on an ephemeral loopback port, for the given
-    /// upstream. Tests and `demo` start from this and change what they need.
+    /// upstream, without authentication. Tests and `demo` start from this and set what they need.
     pub fn with_upstream(upstream: impl Into<String>) -> Self {
-        let mut config =
-            match Cli::try_parse_from(["sse-bff", "serve", "--upstream", "http://127.0.0.1:1"]) {
-                Ok(Cli {
-                    command: Command::Serve(config),
-                    ..
-                }) => config,
-                // The literal arguments above always parse; this arm only satisfies the compiler.
-                _ => unreachable!("default serve arguments parse"),
-            };
+        let args = ["sse-bff", "serve", "--upstream", "http://127.0.0.1:1", "--insecure-no-auth"];
+        let mut config = match Cli::try_parse_from(args) {
+            Ok(Cli { command: Command::Serve(config), .. }) => config,
+            // The literal arguments above always parse; this arm only satisfies the compiler.
+            _ => unreachable!("default serve arguments parse"),
+        };
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.upstreams = vec![upstream.into()];
         config
@@ -99,20 +118,28 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     match humantime::parse_duration(value) {
         Ok(duration) if !duration.is_zero() => Ok(duration),
         Ok(_) => Err(format!("{value:?} must be longer than zero")),
-        Err(e) => Err(format!(
-            "{value:?} is not a duration such as 15s or 500ms ({e})"
-        )),
+        Err(e) => Err(format!("{value:?} is not a duration such as 15s or 500ms ({e})")),
     }
 }
 
 fn parse_upstream_url(value: &str) -> Result<String, String> {
-    let uri: http::Uri = value
-        .parse()
-        .map_err(|e| format!("{value:?} is not a URL such as http://127.0.0.1:50051 ({e})"))?;
+    let uri: http::Uri =
+        value.parse().map_err(|e| format!("{value:?} is not a URL such as http://127.0.0.1:50051 ({e})"))?;
     match (uri.scheme_str(), uri.authority()) {
         (Some("http" | "https"), Some(_)) => Ok(value.to_owned()),
+        _ => Err(format!("{value:?} must be an http:// or https:// URL with a host, such as http://127.0.0.1:50051")),
+    }
+}
+
+fn parse_origin(value: &str) -> Result<HeaderValue, String> {
+    let uri: http::Uri =
+        value.parse().map_err(|e| format!("{value:?} is not an origin such as https://portal.example.com ({e})"))?;
+    match (uri.scheme_str(), uri.authority(), uri.path()) {
+        (Some("http" | "https"), Some(_), "" | "/") => {
+            HeaderValue::from_str(value.trim_end_matches('/')).map_err(|e| format!("{value:?}: {e}"))
+        }
         _ => Err(format!(
-            "{value:?} must be an http:// or https:// URL with a host, such as http://127.0.0.1:50051"
+            "{value:?} must be an origin such as https://portal.example.com (\"*\" is not allowed with credentials)"
         )),
     }
 }

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::App,
+    auth::{TokenConfig, mint},
     config::ServeConfig,
     sim::{Sim, SimConfig},
 };
@@ -26,18 +27,27 @@ pub struct DemoConfig {
 
 /// Runs both until `shutdown` is cancelled.
 pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let sim = Sim::build(SimConfig {
-        listen: config.sim_listen,
-        fixtures: Vec::new(),
-        speed: config.speed,
-        retain: 1000,
-    })
-    .await?;
+    let sim =
+        Sim::build(SimConfig { listen: config.sim_listen, fixtures: Vec::new(), speed: config.speed, retain: 1000 })
+            .await?;
     let sim_addr = sim.local_addr();
+    // A fresh key per run: tokens printed by one demo never work against another.
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let mut serve = ServeConfig::with_upstream(format!("http://{sim_addr}"));
     serve.listen = config.listen;
+    serve.auth.insecure_no_auth = false;
+    serve.auth.jwt_secret = Some(secret.clone());
+    let token = mint(&TokenConfig {
+        secret,
+        sub: "alice".to_owned(),
+        tenant: Some("acme".to_owned()),
+        ttl: std::time::Duration::from_secs(8 * 3600),
+        tenant_claim: serve.auth.tenant_claim.clone(),
+        issuer: None,
+        audience: None,
+    })?;
     let app = App::build(serve, shutdown.clone()).await?;
-    print_banner(app.local_addr(), sim_addr);
+    print_banner(app.local_addr(), sim_addr, &token);
     let sim_task = tokio::spawn(sim.run(shutdown.clone()));
     app.run().await?;
     shutdown.cancel();
@@ -47,13 +57,13 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
 
 /// The demo's whole point is what it prints for the person who started it.
 #[allow(clippy::print_stdout)]
-fn print_banner(http: SocketAddr, grpc: SocketAddr) {
+fn print_banner(http: SocketAddr, grpc: SocketAddr, token: &str) {
     println!(
-        "\nsse-bff demo is running.\n\n\
+        "\nsse-bff demo is running (user alice, tenant acme; token valid 8 h).\n\n\
          Watch a document being processed (Ctrl-C to stop):\n\n  \
-         curl -N http://{http}/documents/doc-1/progress\n\n\
+         curl -N -H 'Authorization: Bearer {token}' http://{http}/documents/doc-1/progress\n\n\
          Call the simulated upstream directly:\n\n  \
-         grpcurl -plaintext -d '{{\"document_id\":\"doc-2\"}}' {grpc} docproc.v1.DocumentProcessor/ProcessDocument\n\n\
-         Other documents: doc-2, doc-3 (fails), scan-42, report-q3; anything else is 404.\n"
+         grpcurl -plaintext -H 'x-tenant-id: acme' -d '{{\"document_id\":\"doc-2\"}}' {grpc} docproc.v1.DocumentProcessor/ProcessDocument\n\n\
+         Other documents of acme: doc-2, doc-3 (fails), scan-42; report-q3 belongs to tenant globex (403).\n"
     );
 }

@@ -2,27 +2,35 @@
 
 mod error;
 mod health;
+mod limits;
 mod progress;
 mod stream;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    http::{Request, Uri},
+    body::Body,
+    http::{HeaderName, HeaderValue, Method, Request, Uri, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
-use tower_http::trace::TraceLayer;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    trace::TraceLayer,
+};
 
 pub use error::ApiError;
 
-pub use progress::valid_document_id;
+pub use limits::StreamLimits;
+pub use progress::{last_event_id, valid_document_id};
 pub use stream::StreamSettings;
 
-use crate::hub::Hub;
+use crate::{auth::Authenticator, hub::Hub};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -37,33 +45,77 @@ pub struct AppState {
     pub health: HealthClient<Channel>,
     /// The service name checked by `/readyz`.
     pub health_service: &'static str,
+    /// Token verification.
+    pub auth: Authenticator,
+    /// Open-stream limits.
+    pub limits: Arc<StreamLimits>,
+}
+
+/// Edge settings of the layer stack.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// Browser origins allowed to read streams with credentials; none disables CORS.
+    pub cors_origins: Vec<HeaderValue>,
+    /// The most bytes of request headers accepted.
+    pub max_header_bytes: usize,
 }
 
 /// The router with its layer stack.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
     let routes = Router::new()
-        .route(
-            crate::upstream::DocumentProgress::ROUTE,
-            get(progress::progress),
-        )
+        .route(crate::upstream::DocumentProgress::ROUTE, get(progress::progress))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .with_state(state);
-    // Layers listed here run outer to inner for requests. There is deliberately no compression
+    // `Router::layer` wraps what is already there, so the last layer added is the outermost:
+    // requests pass trace → header bound → CORS → routes. There is deliberately no compression
     // layer: compressing an event stream buffers it.
-    routes.layer(
+    let max_header_bytes = edge.max_header_bytes;
+    routes
+        // Answers preflights and adds CORS headers, only for the configured origins, never `*`
+        // (credentials are allowed).
+        .layer(cors(&edge.cors_origins))
+        // Bounds request headers before any handler parses them.
+        .layer(middleware::from_fn(move |request: Request<Body>, next: Next| {
+            bound_headers(max_header_bytes, request, next)
+        }))
         // One span per request, carrying only method and path: the query string may hold a
         // token and is never logged.
-        TraceLayer::new_for_http()
+        .layer(TraceLayer::new_for_http()
             .make_span_with(|request: &Request<_>| {
                 tracing::info_span!("http", method = %request.method(), path = request.uri().path())
             })
             .on_request(())
             .on_response(|response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
                 tracing::info!(status = response.status().as_u16(), ?latency, "response");
-            }),
-    )
+            }))
+}
+
+fn cors(origins: &[HeaderValue]) -> CorsLayer {
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_credentials(true)
+        .allow_methods([Method::GET])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            header::CACHE_CONTROL,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(600))
+}
+
+async fn bound_headers(max: usize, request: Request<Body>, next: Next) -> Response {
+    let size: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if size > max {
+        return ApiError::HeadersTooLarge.into_response();
+    }
+    next.run(request).await
 }
 
 /// Unknown paths get a problem body too. A path shaped like a progress stream whose id the

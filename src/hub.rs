@@ -21,10 +21,7 @@ impl Hub {
     /// A hub for `resource`. Subscribing waits up to `first_event_wait` for the first upstream
     /// message, so that an error the upstream sends at once becomes an HTTP status.
     pub fn new(resource: SharedResource, first_event_wait: Duration) -> Self {
-        Self {
-            resource,
-            first_event_wait,
-        }
+        Self { resource, first_event_wait }
     }
 
     /// The route of the resource this hub serves.
@@ -38,9 +35,7 @@ impl Hub {
         let mut upstream = self.resource.open(call).await?;
         match tokio::time::timeout(self.first_event_wait, upstream.next()).await {
             Ok(Some(Err(error))) => Err(error),
-            Ok(Some(Ok(first))) => Ok(Box::pin(
-                futures_util::stream::iter([Ok(first)]).chain(upstream),
-            )),
+            Ok(Some(Ok(first))) => Ok(Box::pin(futures_util::stream::iter([Ok(first)]).chain(upstream))),
             // The upstream ended without a message, or is slow to send one: let the stream
             // itself report what happens next.
             Ok(None) => Ok(Box::pin(futures_util::stream::empty())),

@@ -5,6 +5,7 @@
 //! every part a test needs (the HTTP server, the simulated upstream, the demo) is reachable here.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod event;

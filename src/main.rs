@@ -3,7 +3,7 @@
 
 use clap::Parser as _;
 use sse_bff::{
-    App, Sim,
+    App, Sim, auth,
     config::{Cli, Command},
     demo, telemetry,
 };
@@ -12,14 +12,25 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Token(config) = &cli.command {
+        return print_token(config);
+    }
     telemetry::init(cli.log_format);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match cli.command {
-        Command::Serve(config) => App::build(config, shutdown).await?.run().await?,
+        Command::Serve(config) => App::build(*config, shutdown).await?.run().await?,
         Command::UpstreamSim(config) => Sim::build(config).await?.run(shutdown).await?,
         Command::Demo(config) => demo::run(config, shutdown).await?,
+        Command::Token(_) => {}
     }
+    Ok(())
+}
+
+/// `sse-bff token` exists to print the token, for `$(...)` in a shell; it needs no logging.
+#[allow(clippy::print_stdout)]
+fn print_token(config: &auth::TokenConfig) -> anyhow::Result<()> {
+    println!("{}", auth::mint(config)?);
     Ok(())
 }
 

@@ -11,5 +11,4 @@ pub mod docproc {
 }
 
 /// The encoded descriptor set of `proto/`, served by the simulator's reflection service.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/docproc_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/docproc_descriptor.bin"));

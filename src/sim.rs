@@ -52,21 +52,14 @@ pub struct SimConfig {
 impl SimConfig {
     /// A simulator on an ephemeral loopback port playing the given fixture directories.
     pub fn for_tests(fixtures: Vec<PathBuf>, speed: f64) -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            fixtures,
-            speed,
-            retain: 1000,
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), fixtures, speed, retain: 1000 }
     }
 }
 
 fn parse_speed(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(speed) if speed.is_finite() && speed > 0.0 => Ok(speed),
-        _ => Err(format!(
-            "expected a positive number such as 1 or 2.5, got {value:?}"
-        )),
+        _ => Err(format!("expected a positive number such as 1 or 2.5, got {value:?}")),
     }
 }
 
@@ -103,12 +96,8 @@ impl Sim {
     /// Loads the scripts and binds the listen address.
     pub async fn build(config: SimConfig) -> Result<Self, SimError> {
         let scripts = script::load(&config.fixtures)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| SimError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| SimError::Bind { addr: config.listen, source })?;
         let service = SimService {
             inner: Arc::new(Inner {
                 scripts,
@@ -124,9 +113,7 @@ impl Sim {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// What the simulator has seen so far; stays valid after `run` has taken the simulator.
@@ -137,9 +124,7 @@ impl Sim {
     /// Serves until `shutdown` is cancelled; running jobs stop with it.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SimError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<DocumentProcessorServer<SimService>>()
-            .await;
+        health.set_serving::<DocumentProcessorServer<SimService>>().await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -182,17 +167,28 @@ struct Inner {
 }
 
 impl Inner {
+    /// The script of a document the caller may see. With a tenant (an authenticated caller), a
+    /// document of another tenant and an unknown one get the same PERMISSION_DENIED, so callers
+    /// cannot probe which ids exist (AIP-193). Without one (a BFF running without auth), any
+    /// document is visible and unknown ones are NOT_FOUND.
+    fn authorize(&self, document_id: &str, tenant: Option<&str>) -> Result<&Script, Status> {
+        let script = self.scripts.get(document_id);
+        match (script, tenant) {
+            (Some(script), Some(tenant)) if script.tenant.as_deref().is_none_or(|owner| owner == tenant) => Ok(script),
+            (_, Some(_)) => Err(Status::permission_denied(format!(
+                "document {document_id:?} does not exist or is not accessible to this tenant"
+            ))),
+            (Some(script), None) => Ok(script),
+            (None, None) => Err(Status::not_found(format!("document {document_id:?} not found"))),
+        }
+    }
+
     /// The running (or finished) job of a document, started on the first call.
     fn job(&self, script: &Script) -> Arc<Job> {
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        let job = jobs.entry(script.document_id.clone()).or_insert_with(|| {
-            Job::start(
-                script.clone(),
-                self.speed,
-                self.retain,
-                self.shutdown.child_token(),
-            )
-        });
+        let job = jobs
+            .entry(script.document_id.clone())
+            .or_insert_with(|| Job::start(script.clone(), self.speed, self.retain, self.shutdown.child_token()));
         Arc::clone(job)
     }
 }
@@ -206,12 +202,11 @@ impl DocumentProcessor for SimService {
         request: Request<ProcessDocumentRequest>,
     ) -> Result<Response<Self::ProcessDocumentStream>, Status> {
         let seen = SeenCall::from_request(&request);
+        let tenant = seen.tenant_id.clone();
         let request = request.into_inner();
         let inner = &self.inner;
         inner.stats.record_call(seen);
-        let script = inner.scripts.get(&request.document_id).ok_or_else(|| {
-            Status::not_found(format!("document {:?} not found", request.document_id))
-        })?;
+        let script = inner.authorize(&request.document_id, tenant.as_deref())?;
         if let Some(reject) = &script.reject {
             return Err(reject.to_status());
         }

@@ -51,12 +51,7 @@ pub fn frame(id: Option<&str>, name: &str, data: &[u8]) -> Bytes {
 }
 
 fn put_field(out: &mut BytesMut, value: &[u8]) {
-    out.extend(
-        value
-            .iter()
-            .copied()
-            .filter(|b| !matches!(b, b'\r' | b'\n' | 0)),
-    );
+    out.extend(value.iter().copied().filter(|b| !matches!(b, b'\r' | b'\n' | 0)));
 }
 
 /// Splits on `\r\n`, `\r` and `\n`, the three line endings an SSE parser recognises.
@@ -70,11 +65,7 @@ fn split_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
                 Some(current)
             }
             Some(pos) => {
-                let skip = if current[pos] == b'\r' && current.get(pos + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
+                let skip = if current[pos] == b'\r' && current.get(pos + 1) == Some(&b'\n') { 2 } else { 1 };
                 rest = Some(&current[pos + skip..]);
                 Some(&current[..pos])
             }

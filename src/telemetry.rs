@@ -11,8 +11,6 @@ pub fn init(format: LogFormat) {
     // A second init (tests that start several apps) is not an error worth failing over.
     let _ = match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
-        LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true))
-            .try_init(),
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).try_init(),
     };
 }

@@ -86,10 +86,7 @@ impl UpstreamError {
 
     /// The upstream ended its stream with OK before sending a terminal update.
     pub fn ended_early() -> Self {
-        Self::new(
-            Code::Unavailable,
-            "upstream ended the stream before the job finished",
-        )
+        Self::new(Code::Unavailable, "upstream ended the stream before the job finished")
     }
 }
 

@@ -21,6 +21,21 @@ pub enum ApiError {
     /// The document id is empty, too long or has characters outside `[A-Za-z0-9._-]`.
     #[error("document id must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
     InvalidDocumentId,
+    /// `Last-Event-ID` (or `lastEventId`) is not 1 to 20 digits.
+    #[error("Last-Event-ID must be a decimal sequence number of at most 20 digits")]
+    InvalidLastEventId,
+    /// No valid token; the reason stays in the log.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// The token expired while the stream was open.
+    #[error("the access token expired; reconnect with a fresh token")]
+    TokenExpired,
+    /// A connection limit is reached.
+    #[error("too many open streams{0}; try again later")]
+    TooManyStreams(&'static str),
+    /// The request headers are larger than allowed.
+    #[error("request headers are too large")]
+    HeadersTooLarge,
     /// No route matches the path.
     #[error("no such resource")]
     NoRoute,
@@ -63,6 +78,10 @@ impl ApiError {
             Self::InvalidDocumentId => StatusCode::BAD_REQUEST,
             Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::InvalidLastEventId => StatusCode::BAD_REQUEST,
+            Self::Unauthorized | Self::TokenExpired => StatusCode::UNAUTHORIZED,
+            Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Upstream(e) => http_status_of(e.code),
             Self::ShuttingDown | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -74,6 +93,11 @@ impl ApiError {
             Self::InvalidDocumentId => "invalid_document_id",
             Self::NotAcceptable => "not_acceptable",
             Self::NoRoute => "no_route",
+            Self::InvalidLastEventId => "invalid_last_event_id",
+            Self::Unauthorized => "unauthorized",
+            Self::TokenExpired => "token_expired",
+            Self::TooManyStreams(_) => "too_many_streams",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::Upstream(e) => code_name(e.code),
             Self::ShuttingDown => "shutting_down",
             Self::NotReady(_) => "not_ready",
@@ -83,15 +107,16 @@ impl ApiError {
     /// Whether trying again later may succeed.
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Upstream(e) => matches!(
-                e.code,
-                Code::Unavailable
-                    | Code::DeadlineExceeded
-                    | Code::ResourceExhausted
-                    | Code::Aborted
-            ),
-            Self::ShuttingDown | Self::NotReady(_) => true,
-            Self::InvalidDocumentId | Self::NotAcceptable | Self::NoRoute => false,
+            Self::Upstream(e) => {
+                matches!(e.code, Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted)
+            }
+            Self::ShuttingDown | Self::NotReady(_) | Self::TokenExpired | Self::TooManyStreams(_) => true,
+            Self::InvalidDocumentId
+            | Self::NotAcceptable
+            | Self::NoRoute
+            | Self::InvalidLastEventId
+            | Self::Unauthorized
+            | Self::HeadersTooLarge => false,
         }
     }
 
@@ -129,20 +154,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut response = (
-            status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/problem+json"),
-            )],
-            self.body(),
-        )
-            .into_response();
+        let mut response =
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))], self.body())
+                .into_response();
         let headers = response.headers_mut();
-        if matches!(
-            status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-        ) {
+        if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         response
@@ -154,9 +170,7 @@ fn http_status_of(code: Code) -> StatusCode {
         Code::Ok => StatusCode::OK,
         // 499 Client Closed Request, as grpc-gateway uses it.
         Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            StatusCode::BAD_REQUEST
-        }
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,

@@ -22,20 +22,13 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
         return Err(ApiError::ShuttingDown);
     }
     let mut client = state.health.clone();
-    let request = HealthCheckRequest {
-        service: state.health_service.to_owned(),
-    };
+    let request = HealthCheckRequest { service: state.health_service.to_owned() };
     let answer = tokio::time::timeout(CHECK_TIMEOUT, client.check(request))
         .await
         .map_err(|_| ApiError::NotReady(format!("no health answer within {CHECK_TIMEOUT:?}")))?
-        .map_err(|status| {
-            ApiError::NotReady(format!("health check failed: {}", status.message()))
-        })?;
+        .map_err(|status| ApiError::NotReady(format!("health check failed: {}", status.message())))?;
     match answer.into_inner().status() {
         ServingStatus::Serving => Ok((StatusCode::OK, "ready\n")),
-        other => Err(ApiError::NotReady(format!(
-            "upstream reports {}",
-            other.as_str_name()
-        ))),
+        other => Err(ApiError::NotReady(format!("upstream reports {}", other.as_str_name()))),
     }
 }

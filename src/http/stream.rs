@@ -4,7 +4,10 @@
 //! The body owns the upstream stream: when the client goes away hyper drops the body, which
 //! drops the tonic `Streaming` and so cancels the upstream call.
 
-use std::{convert::Infallible, time::Duration};
+use std::{
+    convert::Infallible,
+    time::{Duration, SystemTime},
+};
 
 use axum::{
     body::Body,
@@ -15,7 +18,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
-use super::ApiError;
+use super::{ApiError, limits::StreamPermit};
 use crate::{
     sse,
     upstream::{EventStream, UpstreamError},
@@ -28,6 +31,18 @@ pub struct StreamSettings {
     pub heartbeat: Duration,
     /// The `retry:` hint at the start of each stream.
     pub retry: Duration,
+    /// The longest a stream stays open, whatever the token's lifetime; the client then
+    /// reconnects and resumes.
+    pub max_lifetime: Duration,
+}
+
+/// One viewer's stream: its limits permit and when its credentials run out.
+#[derive(Debug)]
+pub struct Viewer {
+    /// Released when the stream ends.
+    pub permit: StreamPermit,
+    /// The token's `exp`: the stream ends with `token_expired` by then.
+    pub expires_at: Option<SystemTime>,
 }
 
 /// How a stream ended, for the log.
@@ -36,12 +51,15 @@ enum Outcome {
     Terminal,
     UpstreamError,
     Shutdown,
+    TokenExpired,
+    Lifetime,
 }
 
 enum Next {
     Item(Option<Result<crate::event::StreamEvent, UpstreamError>>),
     Heartbeat,
     Shutdown,
+    Deadline,
 }
 
 /// Builds the `text/event-stream` response around `events`.
@@ -49,9 +67,16 @@ pub fn sse_response(
     events: EventStream,
     settings: StreamSettings,
     shutdown: CancellationToken,
+    viewer: Viewer,
 ) -> Response {
     let span = tracing::Span::current();
+    let until_expiry = viewer.expires_at.map(|exp| exp.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
+    let token_ends_first = until_expiry.is_some_and(|left| left <= settings.max_lifetime);
+    let until_deadline = until_expiry.map_or(settings.max_lifetime, |left| left.min(settings.max_lifetime));
     let body = async_stream::stream! {
+        let _permit = viewer.permit;
+        let deadline = tokio::time::sleep(until_deadline);
+        tokio::pin!(deadline);
         yield Ok::<Bytes, Infallible>(sse::retry(settings.retry));
         let mut events = events;
         let heartbeat = tokio::time::sleep(settings.heartbeat);
@@ -60,6 +85,7 @@ pub fn sse_response(
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Next::Shutdown,
+                () = &mut deadline => Next::Deadline,
                 item = events.next() => Next::Item(item),
                 () = &mut heartbeat => Next::Heartbeat,
             };
@@ -85,6 +111,14 @@ pub fn sse_response(
                     yield Ok(sse::retry(jittered(settings.retry)));
                     break Outcome::Shutdown;
                 }
+                Next::Deadline if token_ends_first => {
+                    yield Ok(ApiError::TokenExpired.to_sse());
+                    break Outcome::TokenExpired;
+                }
+                Next::Deadline => {
+                    yield Ok(sse::retry(settings.retry));
+                    break Outcome::Lifetime;
+                }
             }
             heartbeat.as_mut().reset(tokio::time::Instant::now() + settings.heartbeat);
         };
@@ -92,10 +126,7 @@ pub fn sse_response(
     };
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response

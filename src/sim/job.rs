@@ -41,18 +41,9 @@ struct Batch {
 
 impl Job {
     /// Starts playing `script` in the background at `speed`, keeping at most `retain` updates.
-    pub fn start(
-        script: Script,
-        speed: f64,
-        retain: usize,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
+    pub fn start(script: Script, speed: f64, retain: usize, shutdown: CancellationToken) -> Arc<Self> {
         let (version, _) = watch::channel(0);
-        let job = Arc::new(Self {
-            state: Mutex::new(JobState::default()),
-            version,
-            retain: retain.max(1),
-        });
+        let job = Arc::new(Self { state: Mutex::new(JobState::default()), version, retain: retain.max(1) });
         let runner = Arc::clone(&job);
         tokio::spawn(async move {
             tokio::select! {
@@ -74,11 +65,7 @@ impl Job {
 
     /// Sends every update after `cursor` to `tx`, live, until the job ends or the caller goes
     /// away. Returns `true` when the caller went away (the call was cancelled).
-    pub async fn forward(
-        &self,
-        mut cursor: u64,
-        tx: mpsc::Sender<Result<ProcessingUpdate, Status>>,
-    ) -> bool {
+    pub async fn forward(&self, mut cursor: u64, tx: mpsc::Sender<Result<ProcessingUpdate, Status>>) -> bool {
         let mut changes = self.version.subscribe();
         loop {
             let batch = self.after(cursor);
@@ -105,16 +92,8 @@ impl Job {
 
     fn after(&self, cursor: u64) -> Batch {
         let state = self.lock();
-        let updates = state
-            .log
-            .iter()
-            .filter(|u| u.sequence > cursor)
-            .cloned()
-            .collect();
-        Batch {
-            updates,
-            end: state.end.clone(),
-        }
+        let updates = state.log.iter().filter(|u| u.sequence > cursor).cloned().collect();
+        Batch { updates, end: state.end.clone() }
     }
 
     async fn play(&self, script: &Script, speed: f64) {
@@ -132,10 +111,7 @@ impl Job {
                 // Scripts may send an invalid status on purpose, to test the client's handling.
                 _ => ProcessingStatus::Unspecified,
             };
-            let terminal = matches!(
-                status,
-                ProcessingStatus::Completed | ProcessingStatus::Failed
-            );
+            let terminal = matches!(status, ProcessingStatus::Completed | ProcessingStatus::Failed);
             self.push(|sequence| ProcessingUpdate {
                 document_id: script.document_id.clone(),
                 sequence,

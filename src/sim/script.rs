@@ -11,14 +11,8 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("doc-1.json", include_str!("../../fixtures/jobs/doc-1.json")),
     ("doc-2.json", include_str!("../../fixtures/jobs/doc-2.json")),
     ("doc-3.json", include_str!("../../fixtures/jobs/doc-3.json")),
-    (
-        "scan-42.json",
-        include_str!("../../fixtures/jobs/scan-42.json"),
-    ),
-    (
-        "report-q3.json",
-        include_str!("../../fixtures/jobs/report-q3.json"),
-    ),
+    ("scan-42.json", include_str!("../../fixtures/jobs/scan-42.json")),
+    ("report-q3.json", include_str!("../../fixtures/jobs/report-q3.json")),
 ];
 
 /// Why the scripts could not be loaded.
@@ -138,18 +132,11 @@ impl Step {
 pub fn load(dirs: &[impl AsRef<Path>]) -> Result<HashMap<String, Script>, ScriptError> {
     let mut files = Vec::new();
     if dirs.is_empty() {
-        files.extend(
-            EMBEDDED
-                .iter()
-                .map(|(name, text)| ((*name).to_owned(), (*text).to_owned())),
-        );
+        files.extend(EMBEDDED.iter().map(|(name, text)| ((*name).to_owned(), (*text).to_owned())));
     }
     for dir in dirs {
         let dir = dir.as_ref();
-        let read_err = |source| ScriptError::Read {
-            path: dir.display().to_string(),
-            source,
-        };
+        let read_err = |source| ScriptError::Read { path: dir.display().to_string(), source };
         let mut paths: Vec<_> = fs::read_dir(dir)
             .map_err(read_err)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -157,24 +144,17 @@ pub fn load(dirs: &[impl AsRef<Path>]) -> Result<HashMap<String, Script>, Script
             .collect();
         paths.sort();
         for path in paths {
-            let text = fs::read_to_string(&path).map_err(|source| ScriptError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let text = fs::read_to_string(&path)
+                .map_err(|source| ScriptError::Read { path: path.display().to_string(), source })?;
             files.push((path.display().to_string(), text));
         }
     }
     let mut scripts = HashMap::new();
     for (file, text) in files {
-        let script: Script = serde_json::from_str(&text).map_err(|source| ScriptError::Parse {
-            file: file.clone(),
-            source,
-        })?;
+        let script: Script =
+            serde_json::from_str(&text).map_err(|source| ScriptError::Parse { file: file.clone(), source })?;
         if scripts.contains_key(&script.document_id) {
-            return Err(ScriptError::Duplicate {
-                file,
-                document_id: script.document_id,
-            });
+            return Err(ScriptError::Duplicate { file, document_id: script.document_id });
         }
         scripts.insert(script.document_id.clone(), script);
     }

@@ -73,10 +73,7 @@ impl SimStats {
 
     /// The recorded calls, oldest first.
     pub fn seen(&self) -> Vec<SeenCall> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Waits until `condition` holds, for at most `limit`; returns whether it held.
@@ -120,13 +117,7 @@ impl SimStats {
 
 impl SeenCall {
     pub(super) fn from_request(request: &tonic::Request<ProcessDocumentRequest>) -> Self {
-        let meta = |key: &str| {
-            request
-                .metadata()
-                .get(key)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let meta = |key: &str| request.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
         Self {
             document_id: request.get_ref().document_id.clone(),
             resume_after: request.get_ref().resume_after,

@@ -84,9 +84,7 @@ impl Decoder {
             return;
         }
         if let Some(comment) = line.strip_prefix(':') {
-            frames.push(Frame::Comment(
-                comment.strip_prefix(' ').unwrap_or(comment).to_owned(),
-            ));
+            frames.push(Frame::Comment(comment.strip_prefix(' ').unwrap_or(comment).to_owned()));
             return;
         }
         let (field, value) = match line.split_once(':') {

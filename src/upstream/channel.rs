@@ -38,28 +38,17 @@ impl UpstreamChannel {
     /// Builds a lazily connecting channel: the BFF starts even when the upstream is down, and
     /// calls fail with UNAVAILABLE until it is up.
     pub fn connect_lazy(&self) -> Result<Channel, ChannelError> {
-        let endpoints = self
-            .urls
-            .iter()
-            .map(|url| self.endpoint(url))
-            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints = self.urls.iter().map(|url| self.endpoint(url)).collect::<Result<Vec<_>, _>>()?;
         match endpoints.len() {
             0 => Err(ChannelError::NoEndpoint),
-            1 => Ok(endpoints
-                .into_iter()
-                .next()
-                .map(|e| e.connect_lazy())
-                .ok_or(ChannelError::NoEndpoint)?),
+            1 => Ok(endpoints.into_iter().next().map(|e| e.connect_lazy()).ok_or(ChannelError::NoEndpoint)?),
             _ => Ok(Channel::balance_list(endpoints.into_iter())),
         }
     }
 
     fn endpoint(&self, url: &str) -> Result<Endpoint, ChannelError> {
-        let endpoint =
-            Endpoint::from_shared(url.to_owned()).map_err(|source| ChannelError::BadUrl {
-                url: url.to_owned(),
-                source,
-            })?;
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|source| ChannelError::BadUrl { url: url.to_owned(), source })?;
         Ok(endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)

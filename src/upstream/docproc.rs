@@ -12,8 +12,7 @@ use super::{Call, EventStream, Identity, Resource, UpstreamError};
 use crate::{
     event::{EventKind, StreamEvent},
     pb::docproc::v1::{
-        ProcessDocumentRequest, ProcessingStatus, ProcessingUpdate,
-        document_processor_client::DocumentProcessorClient,
+        ProcessDocumentRequest, ProcessingStatus, ProcessingUpdate, document_processor_client::DocumentProcessorClient,
     },
 };
 
@@ -44,15 +43,11 @@ impl Resource for DocumentProgress {
     fn open(&self, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
         let mut client = self.client.clone();
         Box::pin(async move {
-            let mut request = tonic::Request::new(ProcessDocumentRequest {
-                document_id: call.id,
-                resume_after: call.resume_after,
-            });
+            let mut request =
+                tonic::Request::new(ProcessDocumentRequest { document_id: call.id, resume_after: call.resume_after });
             attach_identity(request.metadata_mut(), &call.identity);
             let response = client.process_document(request).await?;
-            let events = response
-                .into_inner()
-                .map(|item| item.map_err(UpstreamError::from).and_then(map_update));
+            let events = response.into_inner().map(|item| item.map_err(UpstreamError::from).and_then(map_update));
             Ok(Box::pin(events) as EventStream)
         })
     }
@@ -99,23 +94,14 @@ fn map_update(update: ProcessingUpdate) -> Result<StreamEvent, UpstreamError> {
         Ok(ProcessingStatus::Unspecified) | Err(_) => {
             return Err(UpstreamError::new(
                 Code::Internal,
-                format!(
-                    "upstream sent update {} with invalid status {}",
-                    update.sequence, update.status
-                ),
+                format!("upstream sent update {} with invalid status {}", update.sequence, update.status),
             ));
         }
     };
     if update.sequence == 0 {
-        return Err(UpstreamError::new(
-            Code::Internal,
-            "upstream sent an update with sequence 0",
-        ));
+        return Err(UpstreamError::new(Code::Internal, "upstream sent an update with sequence 0"));
     }
-    let emitted_at = update
-        .emitted_at
-        .as_ref()
-        .and_then(timestamp_to_system_time);
+    let emitted_at = update.emitted_at.as_ref().and_then(timestamp_to_system_time);
     let data = ProgressData {
         document_id: &update.document_id,
         sequence: update.sequence,
@@ -129,12 +115,7 @@ fn map_update(update: ProcessingUpdate) -> Result<StreamEvent, UpstreamError> {
     };
     let json = serde_json::to_vec(&data)
         .map_err(|e| UpstreamError::new(Code::Internal, format!("cannot encode update: {e}")))?;
-    Ok(StreamEvent {
-        id: update.sequence,
-        kind,
-        data: Bytes::from(json),
-        emitted_at,
-    })
+    Ok(StreamEvent { id: update.sequence, kind, data: Bytes::from(json), emitted_at })
 }
 
 /// RFC 3339 in UTC with all nine fractional digits, so clients never lose precision and every
@@ -150,8 +131,6 @@ fn rfc3339_nanos(mut ts: prost_types::Timestamp) -> String {
 
 fn timestamp_to_system_time(ts: &prost_types::Timestamp) -> Option<SystemTime> {
     let secs = u64::try_from(ts.seconds).ok()?;
-    let nanos = u32::try_from(ts.nanos)
-        .ok()
-        .filter(|n| *n < 1_000_000_000)?;
+    let nanos = u32::try_from(ts.nanos).ok().filter(|n| *n < 1_000_000_000)?;
     SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }

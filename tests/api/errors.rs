@@ -9,18 +9,8 @@ use crate::helpers::{SseReader, TestApp, events, problem};
 async fn malformed_document_ids_are_rejected_without_calling_the_upstream() {
     let app = TestApp::spawn().await;
     let too_long = "a".repeat(129);
-    let cases = [
-        "",
-        too_long.as_str(),
-        "a%2Fb",
-        "a/b",
-        "a%20b",
-        "a%00b",
-        "%C3%A9t%C3%A9",
-        "a;b",
-        "a%0A%0Aevent:x",
-        "%FF%FE",
-    ];
+    let cases =
+        ["", too_long.as_str(), "a%2Fb", "a/b", "a%20b", "a%00b", "%C3%A9t%C3%A9", "a;b", "a%0A%0Aevent:x", "%FF%FE"];
     for id in cases {
         let body = problem(app.open_progress(id).await, 400).await;
         assert_eq!(body["code"], "invalid_document_id", "id {id:?}");
@@ -81,10 +71,7 @@ async fn an_upstream_error_mid_stream_ends_with_an_error_event() {
     let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
     assert_eq!(names, ["progress", "progress", "error"]);
     let (id, _, error) = &events[2];
-    assert_eq!(
-        id, &None,
-        "an error event carries no id, so a reconnect resumes after the last update"
-    );
+    assert_eq!(id, &None, "an error event carries no id, so a reconnect resumes after the last update");
     assert_eq!(error["code"], "data_loss");
     assert_eq!(error["grpcStatus"], 15);
     assert_eq!(error["httpStatus"], 500);

@@ -11,11 +11,7 @@ fn grpcurl(args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} (install it as .ci/run does): {e}"));
-    assert!(
-        output.status.success(),
-        "grpcurl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "grpcurl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -28,12 +24,7 @@ async fn grpcurl_lists_describes_and_calls_the_simulator() {
             let addr = addr.as_str();
             (
                 grpcurl(&["-plaintext", addr, "list"]),
-                grpcurl(&[
-                    "-plaintext",
-                    addr,
-                    "describe",
-                    "docproc.v1.ProcessingUpdate",
-                ]),
+                grpcurl(&["-plaintext", addr, "describe", "docproc.v1.ProcessingUpdate"]),
                 grpcurl(&[
                     "-plaintext",
                     "-d",
@@ -47,18 +38,11 @@ async fn grpcurl_lists_describes_and_calls_the_simulator() {
     })
     .await
     .unwrap();
-    assert!(
-        list.lines().any(|l| l == "docproc.v1.DocumentProcessor"),
-        "{list}"
-    );
+    assert!(list.lines().any(|l| l == "docproc.v1.DocumentProcessor"), "{list}");
     assert!(list.lines().any(|l| l == "grpc.health.v1.Health"), "{list}");
     assert!(describe.contains("progress_percent"), "{describe}");
     assert!(describe.contains("google.protobuf.Timestamp"), "{describe}");
-    assert_eq!(
-        call.matches("\"sequence\"").count(),
-        10,
-        "ten updates streamed: {call}"
-    );
+    assert_eq!(call.matches("\"sequence\"").count(), 10, "ten updates streamed: {call}");
     assert!(call.contains("PROCESSING_STATUS_COMPLETED"), "{call}");
     assert!(health.contains("SERVING"), "{health}");
 }

@@ -35,11 +35,7 @@ pub struct TestAppBuilder {
 impl TestApp {
     pub fn builder() -> TestAppBuilder {
         init_logs();
-        TestAppBuilder {
-            speed: 20.0,
-            config: ServeConfig::with_upstream("http://127.0.0.1:1"),
-            start_sim: true,
-        }
+        TestAppBuilder { speed: 20.0, config: ServeConfig::with_upstream("http://127.0.0.1:1"), start_sim: true }
     }
 
     pub async fn spawn() -> Self {
@@ -52,18 +48,12 @@ impl TestApp {
 
     /// `GET /documents/{id}/progress` with `Accept: text/event-stream`.
     pub async fn open_progress(&self, document_id: &str) -> reqwest::Response {
-        self.open_progress_with(document_id, &HeaderMap::new())
-            .await
+        self.open_progress_with(document_id, &HeaderMap::new()).await
     }
 
     /// The same with extra headers.
-    pub async fn open_progress_with(
-        &self,
-        document_id: &str,
-        headers: &HeaderMap,
-    ) -> reqwest::Response {
-        self.get(&format!("/documents/{document_id}/progress"), headers)
-            .await
+    pub async fn open_progress_with(&self, document_id: &str, headers: &HeaderMap) -> reqwest::Response {
+        self.get(&format!("/documents/{document_id}/progress"), headers).await
     }
 
     pub async fn get(&self, path: &str, headers: &HeaderMap) -> reqwest::Response {
@@ -71,10 +61,7 @@ impl TestApp {
         if !headers.contains_key("accept") {
             request = request.header("accept", "text/event-stream");
         }
-        tokio::time::timeout(PATIENCE, request.send())
-            .await
-            .expect("response within patience")
-            .expect("request sent")
+        tokio::time::timeout(PATIENCE, request.send()).await.expect("response within patience").expect("request sent")
     }
 
     /// Opens a stream, asserts it is a 200 event stream, and reads it to its end.
@@ -111,14 +98,9 @@ impl TestAppBuilder {
 
     pub async fn spawn(self) -> TestApp {
         let sim_shutdown = CancellationToken::new();
-        let fixtures = ["jobs", "scenarios"].map(|dir| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("fixtures")
-                .join(dir)
-        });
-        let sim = Sim::build(SimConfig::for_tests(fixtures.to_vec(), self.speed))
-            .await
-            .expect("sim builds");
+        let fixtures =
+            ["jobs", "scenarios"].map(|dir| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(dir));
+        let sim = Sim::build(SimConfig::for_tests(fixtures.to_vec(), self.speed)).await.expect("sim builds");
         let sim_addr = sim.local_addr();
         let stats = sim.stats();
         if self.start_sim {
@@ -129,20 +111,11 @@ impl TestAppBuilder {
         let mut config = self.config;
         config.upstreams = vec![format!("http://{sim_addr}")];
         let shutdown = CancellationToken::new();
-        let app = App::build(config, shutdown.clone())
-            .await
-            .expect("app builds");
+        let app = App::build(config, shutdown.clone()).await.expect("app builds");
         let addr = app.local_addr();
         tokio::spawn(app.run());
         let client = reqwest::Client::builder().build().expect("client builds");
-        TestApp {
-            addr,
-            sim_addr,
-            sim: stats,
-            client,
-            shutdown,
-            sim_shutdown,
-        }
+        TestApp { addr, sim_addr, sim: stats, client, shutdown, sim_shutdown }
     }
 }
 
@@ -155,11 +128,7 @@ pub struct SseReader {
 
 impl SseReader {
     pub fn new(response: reqwest::Response) -> Self {
-        Self {
-            response,
-            decoder: Decoder::new(),
-            pending: VecDeque::new(),
-        }
+        Self { response, decoder: Decoder::new(), pending: VecDeque::new() }
     }
 
     /// The next frame, or `None` when the response ended.
@@ -200,11 +169,9 @@ pub fn events(frames: &[Frame]) -> Vec<(Option<String>, String, Value)> {
     frames
         .iter()
         .filter_map(|frame| match frame {
-            Frame::Event { id, event, data } => Some((
-                id.clone(),
-                event.clone(),
-                serde_json::from_str(data).expect("data is JSON"),
-            )),
+            Frame::Event { id, event, data } => {
+                Some((id.clone(), event.clone(), serde_json::from_str(data).expect("data is JSON")))
+            }
             _ => None,
         })
         .collect()
@@ -213,10 +180,7 @@ pub fn events(frames: &[Frame]) -> Vec<(Option<String>, String, Value)> {
 /// Parses a problem+json response, asserting its content type and status fields.
 pub async fn problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status, "status");
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let body: Value = response.json().await.expect("problem body is JSON");
     assert_eq!(body["status"], status);
     assert_eq!(body["httpStatus"], status);

@@ -17,27 +17,13 @@ async fn a_job_streams_every_update_in_order_and_ends_after_completed() {
     assert_eq!(headers["content-type"], "text/event-stream");
     assert_eq!(headers["cache-control"], "no-cache");
     assert_eq!(headers["x-accel-buffering"], "no");
-    assert!(
-        headers.get("content-encoding").is_none(),
-        "event streams are never compressed"
-    );
+    assert!(headers.get("content-encoding").is_none(), "event streams are never compressed");
 
     let frames = SseReader::new(response).read_to_end().await;
-    assert_eq!(
-        frames.first(),
-        Some(&Frame::Retry(3000)),
-        "the stream starts with retry:"
-    );
+    assert_eq!(frames.first(), Some(&Frame::Retry(3000)), "the stream starts with retry:");
     let events = events(&frames);
-    let ids: Vec<u64> = events
-        .iter()
-        .map(|(id, _, _)| id.as_deref().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(
-        ids,
-        (1..=10).collect::<Vec<_>>(),
-        "ids are the upstream sequence, gap-free"
-    );
+    let ids: Vec<u64> = events.iter().map(|(id, _, _)| id.as_deref().unwrap().parse().unwrap()).collect();
+    assert_eq!(ids, (1..=10).collect::<Vec<_>>(), "ids are the upstream sequence, gap-free");
     let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
     assert_eq!(names[..9], ["progress"; 9]);
     assert_eq!(names[9], "completed");
@@ -48,26 +34,10 @@ async fn a_job_streams_every_update_in_order_and_ends_after_completed() {
 
     let mut last_percent = 0;
     for (id, _, data) in &events {
-        let fields: Vec<&str> = data
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let fields: Vec<&str> = data.as_object().unwrap().keys().map(String::as_str).collect();
         let mut fields = fields;
         fields.sort_unstable();
-        assert_eq!(
-            fields,
-            [
-                "documentId",
-                "emittedAt",
-                "message",
-                "percent",
-                "sequence",
-                "stage",
-                "status"
-            ]
-        );
+        assert_eq!(fields, ["documentId", "emittedAt", "message", "percent", "sequence", "stage", "status"]);
         assert_eq!(data["documentId"], "doc-1");
         assert_eq!(data["sequence"].to_string(), *id.as_ref().unwrap());
         let percent = data["percent"].as_u64().unwrap();
@@ -81,10 +51,7 @@ async fn a_job_streams_every_update_in_order_and_ends_after_completed() {
     assert_eq!(events[5].2["message"], "Embedded 120/300 chunks");
     assert_eq!(events[9].2["status"], "completed");
     assert_eq!(events[9].2["percent"], 100);
-    assert_eq!(
-        events[9].2["message"],
-        "Indexed 300 chunks\nready for search"
-    );
+    assert_eq!(events[9].2["message"], "Indexed 300 chunks\nready for search");
 }
 
 #[tokio::test]
@@ -98,12 +65,7 @@ async fn a_failing_job_ends_with_a_failed_event_carrying_the_error_code() {
     assert_eq!(data["status"], "failed");
     assert_eq!(data["errorCode"], "UNSUPPORTED_FORMAT");
     assert!(data["message"].as_str().unwrap().contains("JBIG2"));
-    assert!(
-        events[..3]
-            .iter()
-            .all(|(_, _, d)| d.get("errorCode").is_none()),
-        "errorCode only when present"
-    );
+    assert!(events[..3].iter().all(|(_, _, d)| d.get("errorCode").is_none()), "errorCode only when present");
 }
 
 #[tokio::test]
@@ -112,22 +74,8 @@ async fn hostile_upstream_text_stays_inside_one_event_each() {
     let frames = app.transcript("hostile").await;
     let events = events(&frames);
     let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "progress",
-            "progress",
-            "progress",
-            "progress",
-            "progress",
-            "progress",
-            "completed"
-        ]
-    );
-    let ids: Vec<&str> = events
-        .iter()
-        .map(|(id, _, _)| id.as_deref().unwrap())
-        .collect();
+    assert_eq!(names, ["progress", "progress", "progress", "progress", "progress", "progress", "completed"]);
+    let ids: Vec<&str> = events.iter().map(|(id, _, _)| id.as_deref().unwrap()).collect();
     assert_eq!(ids, ["1", "2", "3", "4", "5", "6", "7"], "no injected id");
     assert!(!frames.contains(&Frame::Retry(1)), "no injected retry");
 
@@ -138,10 +86,7 @@ async fn hostile_upstream_text_stays_inside_one_event_each() {
     assert_eq!(message(3), "\n\nevent: x\ndata: injected\n\n");
     assert_eq!(events[4].2["stage"], "parsing\nevent: y");
     assert_eq!(message(4), "id: 999\r\nretry: 1");
-    assert!(
-        message(5).len() >= 65536 && message(5).bytes().all(|b| b == b'x'),
-        "64 KiB message intact"
-    );
+    assert!(message(5).len() >= 65536 && message(5).bytes().all(|b| b == b'x'), "64 KiB message intact");
     assert_eq!(message(6), "\"quoted\" \\ backslash </script> \u{2028} ✓");
     for frame in &frames {
         if let Frame::Event { data, .. } = frame {
@@ -152,19 +97,12 @@ async fn hostile_upstream_text_stays_inside_one_event_each() {
 
 #[tokio::test]
 async fn a_heartbeat_comment_keeps_a_silent_stream_alive() {
-    let app = TestApp::builder()
-        .heartbeat(Duration::from_millis(200))
-        .speed(1.0)
-        .spawn()
-        .await;
+    let app = TestApp::builder().heartbeat(Duration::from_millis(200)).speed(1.0).spawn().await;
     let mut reader = SseReader::new(app.open_progress("silent").await);
     assert_eq!(reader.next().await, Some(Frame::Retry(3000)));
     assert!(matches!(reader.next().await, Some(Frame::Event { .. })));
     for _ in 0..3 {
-        assert_eq!(
-            reader.next().await,
-            Some(Frame::Comment("keep-alive".to_owned()))
-        );
+        assert_eq!(reader.next().await, Some(Frame::Comment("keep-alive".to_owned())));
     }
 }
 
@@ -183,26 +121,16 @@ async fn identity_and_trace_context_reach_the_upstream() {
     headers.insert("traceparent", "00-zzzz-bad-01".parse().unwrap());
     headers.insert("x-request-id", "has spaces and \"quotes\"".parse().unwrap());
     let response = app.open_progress_with("doc-2", &headers).await;
-    let generated = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let generated = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     drop(response);
 
     let seen = app.sim.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].request_id.as_deref(), Some("req-42"));
     assert_eq!(seen[0].traceparent.as_deref(), Some(traceparent));
-    assert_eq!(
-        seen[1].traceparent, None,
-        "an invalid traceparent is not passed on"
-    );
+    assert_eq!(seen[1].traceparent, None, "an invalid traceparent is not passed on");
     assert_ne!(generated, "has spaces and \"quotes\"");
-    assert_eq!(
-        seen[1].request_id.as_deref(),
-        Some(generated.as_str()),
-        "a fresh request id is generated"
-    );
+    assert_eq!(seen[1].request_id.as_deref(), Some(generated.as_str()), "a fresh request id is generated");
 }
 
 fn assert_rfc3339_utc(value: &Value) {
