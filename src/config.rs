@@ -109,7 +109,7 @@ impl ServeConfig {
         };
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.upstreams = vec![upstream.into()];
-        config
+        *config
     }
 }
 
