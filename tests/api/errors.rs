@@ -3,7 +3,7 @@
 
 use reqwest::header::HeaderMap;
 
-use crate::helpers::{SseReader, TestApp, events, problem};
+use crate::helpers::{SseReader, TestApp, bearer, events, problem};
 
 #[tokio::test]
 async fn malformed_document_ids_are_rejected_without_calling_the_upstream() {
@@ -17,7 +17,7 @@ async fn malformed_document_ids_are_rejected_without_calling_the_upstream() {
     }
     let longest = "a".repeat(128);
     let response = app.open_progress(&longest).await;
-    assert_eq!(response.status(), 404, "128 characters is still a valid id");
+    assert_eq!(response.status(), 403, "128 characters is still a valid id (unknown, so 403 for a tenant)");
     assert_eq!(app.sim.calls(), 1, "only the valid id reached the upstream");
 }
 
@@ -36,7 +36,8 @@ async fn upstream_errors_before_the_first_event_map_to_http_statuses() {
         ("reject-internal", 500, "internal", 13),
         ("reject-unknown", 500, "unknown", 2),
         ("reject-data-loss", 500, "data_loss", 15),
-        ("no-such-document", 404, "not_found", 5),
+        // An authenticated caller cannot tell an unknown id from another tenant's document.
+        ("no-such-document", 403, "permission_denied", 7),
     ];
     for (id, status, code, grpc) in cases {
         let response = app.open_progress(id).await;
@@ -51,6 +52,15 @@ async fn upstream_errors_before_the_first_event_map_to_http_statuses() {
     }
     let body = problem(app.open_progress("reject-permission-denied").await, 403).await;
     assert_eq!(body["detail"], "scripted permission_denied");
+}
+
+#[tokio::test]
+async fn without_authentication_an_unknown_document_is_404() {
+    let app = TestApp::builder().insecure().spawn().await;
+    let body = problem(app.open_progress_with("no-such-document", &HeaderMap::new()).await, 404).await;
+    assert_eq!(body["code"], "not_found");
+    let seen = app.sim.seen();
+    assert_eq!((seen[0].user_id.as_deref(), seen[0].tenant_id.as_deref()), (None, None), "anonymous upstream call");
 }
 
 #[tokio::test]
@@ -102,14 +112,14 @@ async fn an_upstream_that_ends_without_a_terminal_update_is_a_retryable_error() 
 #[tokio::test]
 async fn other_media_types_are_not_acceptable() {
     let app = TestApp::spawn().await;
-    let mut headers = HeaderMap::new();
+    let mut headers = bearer(&app.token);
     headers.insert("accept", "application/xml".parse().unwrap());
     let body = problem(app.open_progress_with("doc-1", &headers).await, 406).await;
     assert_eq!(body["code"], "not_acceptable");
     assert_eq!(app.sim.calls(), 0);
 
     for accept in ["*/*", "text/event-stream;q=0.9, application/xml", "text/*"] {
-        let mut headers = HeaderMap::new();
+        let mut headers = bearer(&app.token);
         headers.insert("accept", accept.parse().unwrap());
         let response = app.open_progress_with("doc-1", &headers).await;
         assert_eq!(response.status(), 200, "{accept}");

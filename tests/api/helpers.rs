@@ -7,6 +7,7 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 use sse_bff::{
     App, ServeConfig, Sim,
+    auth::{TokenConfig, mint},
     sim::{SimConfig, SimStats},
     sse::{Decoder, Frame},
 };
@@ -14,6 +15,34 @@ use tokio_util::sync::CancellationToken;
 
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(10);
+/// The HS256 secret the test BFF verifies with, unless a test configures other keys.
+pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+
+/// A path under `fixtures/`.
+pub fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(path)
+}
+
+/// A valid token for `sub` in `tenant`, signed with [`SECRET`], valid for an hour.
+pub fn token(sub: &str, tenant: &str) -> String {
+    mint(&TokenConfig {
+        secret: SECRET.to_owned(),
+        sub: sub.to_owned(),
+        tenant: Some(tenant.to_owned()),
+        ttl: Duration::from_secs(3600),
+        tenant_claim: "tenant_id".to_owned(),
+        issuer: None,
+        audience: None,
+    })
+    .expect("token mints")
+}
+
+/// `Authorization: Bearer <token>`.
+pub fn bearer(token: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().expect("header value"));
+    headers
+}
 
 /// A running simulator and BFF.
 pub struct TestApp {
@@ -22,6 +51,8 @@ pub struct TestApp {
     pub sim: Arc<SimStats>,
     pub client: reqwest::Client,
     pub shutdown: CancellationToken,
+    /// A token for alice of tenant acme, sent by `open_progress`.
+    pub token: String,
     sim_shutdown: CancellationToken,
 }
 
@@ -35,7 +66,10 @@ pub struct TestAppBuilder {
 impl TestApp {
     pub fn builder() -> TestAppBuilder {
         init_logs();
-        TestAppBuilder { speed: 20.0, config: ServeConfig::with_upstream("http://127.0.0.1:1"), start_sim: true }
+        let mut config = ServeConfig::with_upstream("http://127.0.0.1:1");
+        config.auth.insecure_no_auth = false;
+        config.auth.jwt_secret = Some(SECRET.to_owned());
+        TestAppBuilder { speed: 20.0, config, start_sim: true }
     }
 
     pub async fn spawn() -> Self {
@@ -46,12 +80,17 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
-    /// `GET /documents/{id}/progress` with `Accept: text/event-stream`.
+    /// `GET /documents/{id}/progress` as alice of acme, with `Accept: text/event-stream`.
     pub async fn open_progress(&self, document_id: &str) -> reqwest::Response {
-        self.open_progress_with(document_id, &HeaderMap::new()).await
+        self.open_progress_with(document_id, &bearer(&self.token)).await
     }
 
-    /// The same with extra headers.
+    /// The same with the given token.
+    pub async fn open_progress_as(&self, document_id: &str, token: &str) -> reqwest::Response {
+        self.open_progress_with(document_id, &bearer(token)).await
+    }
+
+    /// The same with exactly these headers (add a token yourself).
     pub async fn open_progress_with(&self, document_id: &str, headers: &HeaderMap) -> reqwest::Response {
         self.get(&format!("/documents/{document_id}/progress"), headers).await
     }
@@ -80,6 +119,20 @@ impl Drop for TestApp {
 }
 
 impl TestAppBuilder {
+    /// Changes any setting of the BFF.
+    pub fn configure(mut self, change: impl FnOnce(&mut ServeConfig)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Runs the BFF with `--insecure-no-auth`.
+    pub fn insecure(self) -> Self {
+        self.configure(|c| {
+            c.auth.jwt_secret = None;
+            c.auth.insecure_no_auth = true;
+        })
+    }
+
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.config.heartbeat = every;
         self
@@ -98,8 +151,7 @@ impl TestAppBuilder {
 
     pub async fn spawn(self) -> TestApp {
         let sim_shutdown = CancellationToken::new();
-        let fixtures =
-            ["jobs", "scenarios"].map(|dir| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(dir));
+        let fixtures = ["jobs", "scenarios"].map(fixture);
         let sim = Sim::build(SimConfig::for_tests(fixtures.to_vec(), self.speed)).await.expect("sim builds");
         let sim_addr = sim.local_addr();
         let stats = sim.stats();
@@ -115,7 +167,7 @@ impl TestAppBuilder {
         let addr = app.local_addr();
         tokio::spawn(app.run());
         let client = reqwest::Client::builder().build().expect("client builds");
-        TestApp { addr, sim_addr, sim: stats, client, shutdown, sim_shutdown }
+        TestApp { addr, sim_addr, sim: stats, client, shutdown, token: token("alice", "acme"), sim_shutdown }
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sse_bff::sse::Frame;
 
-use crate::helpers::{SseReader, TestApp, events};
+use crate::helpers::{SseReader, TestApp, bearer, events};
 
 #[tokio::test]
 async fn a_job_streams_every_update_in_order_and_ends_after_completed() {
@@ -110,14 +110,14 @@ async fn a_heartbeat_comment_keeps_a_silent_stream_alive() {
 async fn identity_and_trace_context_reach_the_upstream() {
     let app = TestApp::spawn().await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let mut headers = reqwest::header::HeaderMap::new();
+    let mut headers = bearer(&app.token);
     headers.insert("x-request-id", "req-42".parse().unwrap());
     headers.insert("traceparent", traceparent.parse().unwrap());
     let response = app.open_progress_with("doc-2", &headers).await;
     assert_eq!(response.headers()["x-request-id"], "req-42");
     drop(response);
 
-    let mut headers = reqwest::header::HeaderMap::new();
+    let mut headers = bearer(&app.token);
     headers.insert("traceparent", "00-zzzz-bad-01".parse().unwrap());
     headers.insert("x-request-id", "has spaces and \"quotes\"".parse().unwrap());
     let response = app.open_progress_with("doc-2", &headers).await;
@@ -127,6 +127,8 @@ async fn identity_and_trace_context_reach_the_upstream() {
     let seen = app.sim.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].request_id.as_deref(), Some("req-42"));
+    assert_eq!(seen[0].user_id.as_deref(), Some("alice"), "x-user-id is the token's sub");
+    assert_eq!(seen[0].tenant_id.as_deref(), Some("acme"), "x-tenant-id is the tenant claim");
     assert_eq!(seen[0].traceparent.as_deref(), Some(traceparent));
     assert_eq!(seen[1].traceparent, None, "an invalid traceparent is not passed on");
     assert_ne!(generated, "has spaces and \"quotes\"");
