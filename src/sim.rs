@@ -175,7 +175,9 @@ impl Inner {
         let script = self.scripts.get(document_id);
         match (script, tenant) {
             (Some(script), Some(tenant)) if script.tenant.as_deref().is_none_or(|owner| owner == tenant) => Ok(script),
-            (_, Some(_)) => Err(Status::permission_denied("the document does not exist or is not accessible to this tenant")),
+            (_, Some(_)) => {
+                Err(Status::permission_denied("the document does not exist or is not accessible to this tenant"))
+            }
             (Some(script), None) => Ok(script),
             (None, None) => Err(Status::not_found(format!("document {document_id:?} not found"))),
         }

@@ -72,3 +72,81 @@ fn split_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn strip(s: &str) -> String {
+        s.chars().filter(|c| !matches!(c, '\r' | '\n' | '\0')).collect()
+    }
+
+    /// What a client sees of `data`: every line ending becomes `\n`.
+    fn normalise(data: &str) -> String {
+        data.replace("\r\n", "\n").replace('\r', "\n")
+    }
+
+    proptest! {
+        #[test]
+        fn any_frame_decodes_to_exactly_the_event_that_was_encoded(
+            id in ".*", name in ".*", data in ".*", cut in 0usize..512,
+        ) {
+            let encoded = frame(Some(&id), &name, data.as_bytes());
+            // Fed in two arbitrary pieces, as the network may deliver it.
+            let cut = cut.min(encoded.len());
+            let mut decoder = Decoder::new();
+            let mut frames = decoder.feed(&encoded[..cut]);
+            frames.extend(decoder.feed(&encoded[cut..]));
+            let expected_name = strip(&name);
+            prop_assert_eq!(frames, vec![Frame::Event {
+                id: Some(strip(&id)),
+                event: expected_name,
+                data: normalise(&data),
+            }]);
+        }
+
+        #[test]
+        fn the_decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut decoder = Decoder::new();
+            let _ = decoder.feed(&bytes);
+        }
+
+        #[test]
+        fn last_event_id_accepts_exactly_decimal_u64s(value in "\\PC{0,24}|[0-9]{1,22}") {
+            let mut headers = axum::http::HeaderMap::new();
+            if let Ok(header) = axum::http::HeaderValue::from_str(&value) {
+                headers.insert("last-event-id", header);
+                let parsed = crate::http::last_event_id(&headers, None);
+                let expected = if value.is_empty() {
+                    Some(None)
+                } else if value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit()) {
+                    value.parse::<u64>().ok().map(Some)
+                } else {
+                    None
+                };
+                prop_assert_eq!(parsed.ok(), expected);
+            }
+        }
+
+        #[test]
+        fn document_ids_outside_the_alphabet_are_never_valid(id in "\\PC{0,140}") {
+            let valid = crate::http::valid_document_id(&id);
+            let expected = (1..=128).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            prop_assert_eq!(valid, expected);
+        }
+    }
+
+    #[test]
+    fn events_from_the_upstream_carry_static_names_and_numeric_ids() {
+        let update = StreamEvent {
+            id: 7,
+            kind: crate::event::EventKind::Failed,
+            data: Bytes::from_static(br#"{"message":"a\nb"}"#),
+            emitted_at: None,
+        };
+        assert_eq!(&event(&update)[..], b"id: 7\nevent: failed\ndata: {\"message\":\"a\\nb\"}\n\n");
+    }
+}

@@ -244,3 +244,65 @@ fn init_logs() {
         sse_bff::telemetry::init(sse_bff::config::LogFormat::Text);
     }
 }
+
+/// The real `sse-bff` binary running as a child process, with its log collected.
+pub struct Binary {
+    pub addr: SocketAddr,
+    _child: tokio::process::Child,
+    log: Arc<std::sync::Mutex<String>>,
+}
+
+impl Binary {
+    /// Starts `sse-bff serve` on an ephemeral port with extra arguments and waits until it
+    /// says where it listens.
+    pub async fn serve(upstream: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sse-bff"))
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--upstream"])
+            .arg(format!("http://{upstream}"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("binary starts");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let addr = tokio::time::timeout(PATIENCE, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().expect("log lock").push_str(&line);
+                log.lock().expect("log lock").push('\n');
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else { continue };
+                if entry["message"] == "sse-bff listening" {
+                    return entry["addr"].as_str().and_then(|a| a.parse().ok());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!("binary did not start listening ({:?}): {}", child.try_wait(), log.lock().expect("log lock"))
+        });
+        let sink = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self { addr, _child: child, log }
+    }
+
+    /// Everything the binary logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}

@@ -6,4 +6,5 @@ mod errors;
 mod grpcurl;
 mod helpers;
 mod lifecycle;
+mod security;
 mod stream;
