@@ -60,7 +60,11 @@ impl App {
             );
         }
         let state = AppState {
-            progress: Hub::new(Arc::new(DocumentProgress::new(channel.clone())), config.first_event_wait),
+            progress: Hub::new(
+                Arc::new(DocumentProgress::new(channel.clone())),
+                config.hub_settings(),
+                shutdown.clone(),
+            ),
             stream: StreamSettings {
                 heartbeat: config.heartbeat,
                 retry: config.retry,

@@ -10,6 +10,7 @@ use axum::http::HeaderValue;
 use crate::{
     auth::{AuthConfig, TokenConfig},
     demo::DemoConfig,
+    hub::{HubSettings, ShareScope},
     sim::SimConfig,
 };
 
@@ -92,12 +93,43 @@ pub struct ServeConfig {
     /// The most bytes of request headers accepted (431 beyond).
     #[arg(long, env = "SSE_BFF_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,
+    /// Who shares one upstream call: the same user only, or everyone of the tenant.
+    #[arg(long, env = "SSE_BFF_SHARE_SCOPE", default_value = "user")]
+    pub share_scope: ShareScope,
+    /// How long an upstream call outlives its last viewer, for reloads and reconnects.
+    #[arg(long, env = "SSE_BFF_LINGER", default_value = "10s", value_parser = parse_duration)]
+    pub linger: Duration,
+    /// How long a finished job's events answer late reconnects without calling the upstream.
+    #[arg(long, env = "SSE_BFF_KEEP_FINISHED", default_value = "60s", value_parser = parse_duration)]
+    pub keep_finished: Duration,
+    /// Events kept per shared call for resuming viewers.
+    #[arg(long, env = "SSE_BFF_REPLAY_LOG", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub replay_log: u64,
+    /// Events a viewer may fall behind before it skips to the latest update.
+    #[arg(long, env = "SSE_BFF_VIEWER_LAG", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub viewer_lag: u64,
+    /// How long transient upstream failures are retried (resuming) before viewers see an error.
+    #[arg(long, env = "SSE_BFF_RETRY_BUDGET", default_value = "30s", value_parser = parse_duration)]
+    pub retry_budget: Duration,
     /// Token verification.
     #[command(flatten)]
     pub auth: AuthConfig,
 }
 
 impl ServeConfig {
+    /// The hub's part of the configuration.
+    pub fn hub_settings(&self) -> HubSettings {
+        HubSettings {
+            first_event_wait: self.first_event_wait,
+            linger: self.linger,
+            keep_finished: self.keep_finished,
+            replay: usize::try_from(self.replay_log).unwrap_or(usize::MAX),
+            viewer_lag: usize::try_from(self.viewer_lag).unwrap_or(usize::MAX),
+            retry_budget: self.retry_budget,
+            share_scope: self.share_scope,
+        }
+    }
+
     /// The defaults of every flag, listening on an ephemeral loopback port, for the given
     /// upstream, without authentication. Tests and `demo` start from this and set what they need.
     pub fn with_upstream(upstream: impl Into<String>) -> Self {

@@ -1,11 +1,13 @@
 //! The project's own event type: what the upstream mapping produces and every transport writes.
 //!
-//! An event is serialised once, when it is mapped from the upstream message, and then shared by
-//! reference among every viewer that receives it.
+//! An event is serialised once, when it is mapped from the upstream message: its JSON and its
+//! SSE frame are built here and then shared by reference among every viewer that receives it.
 
 use std::time::SystemTime;
 
 use bytes::Bytes;
+
+use crate::sse;
 
 /// What an event means for the stream that carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,4 +47,14 @@ pub struct StreamEvent {
     pub data: Bytes,
     /// When the upstream produced the update, for delivery-lag measurements.
     pub emitted_at: Option<SystemTime>,
+    /// The complete SSE frame, encoded once for every viewer.
+    pub sse: Bytes,
+}
+
+impl StreamEvent {
+    /// An event with its SSE frame encoded.
+    pub fn new(id: u64, kind: EventKind, data: Bytes, emitted_at: Option<SystemTime>) -> Self {
+        let sse = sse::frame(Some(&id.to_string()), kind.name(), &data);
+        Self { id, kind, data, emitted_at, sse }
+    }
 }

@@ -4,6 +4,7 @@ mod error;
 mod health;
 mod limits;
 mod progress;
+mod representation;
 mod stream;
 
 use std::{sync::Arc, time::Duration};

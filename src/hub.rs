@@ -1,45 +1,201 @@
-//! Where every viewer's event stream comes from.
+//! The hub: one upstream call per shared resource, fanned out to every viewer, with a bounded
+//! replay log.
 //!
-//! Today each subscription opens its own upstream call; this is the one place that a shared hub
-//! (one upstream call fanned out to many viewers, with a replay log) takes over, so the
-//! transports never open upstream calls themselves.
+//! Viewers of the same [`ShareKey`] share one [`shared::Shared`], whose driver task owns the
+//! upstream call: it resumes after transient failures, lingers when the last viewer leaves, and
+//! keeps a finished resource's log for late reconnects. Each viewer reads the log and a
+//! broadcast of live events; one that falls behind skips to the latest update (progress is
+//! state), and the terminal event is never skipped.
 
-use std::time::Duration;
+mod shared;
+mod viewer;
 
-use futures_util::StreamExt as _;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
-use crate::upstream::{Call, EventStream, SharedResource, UpstreamError};
+use tokio_util::sync::CancellationToken;
 
-/// Opens event streams of one resource for viewers.
+pub use viewer::{Delivery, ViewerStream};
+
+use self::shared::Shared;
+use crate::upstream::{Call, SharedResource, UpstreamError};
+
+/// Who may share an upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShareScope {
+    /// Only the same user (the default): the upstream authorised exactly this caller.
+    User,
+    /// Everyone of the same tenant (opt-in: the upstream must authorise per tenant).
+    Tenant,
+}
+
+/// Timing and bounds of the hub.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// How long a subscription waits for the upstream's first message before answering.
+    pub first_event_wait: Duration,
+    /// How long an upstream call outlives its last viewer.
+    pub linger: Duration,
+    /// How long a finished resource's log answers reconnects.
+    pub keep_finished: Duration,
+    /// Events kept per resource for resuming viewers.
+    pub replay: usize,
+    /// Events a viewer may fall behind before it is conflated to the latest.
+    pub viewer_lag: usize,
+    /// How long transient upstream failures are retried before viewers see an error.
+    pub retry_budget: Duration,
+    /// Who shares an upstream call.
+    pub share_scope: ShareScope,
+}
+
+/// What identifies a shared upstream call. It always holds the route, the resource and the
+/// tenant, and the user unless sharing across the tenant was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShareKey {
+    route: &'static str,
+    id: String,
+    tenant: Option<String>,
+    user: Option<String>,
+}
+
+/// The outcome of a subscription.
+pub enum Subscription {
+    /// The viewer already has the terminal event: nothing more will come (HTTP 204).
+    Finished,
+    /// Events to deliver; `reset` when the requested resume point could not be replayed and
+    /// the stream restarts from the current state.
+    Live {
+        /// The requested point is gone; the client must discard what it had.
+        reset: bool,
+        /// The events.
+        events: ViewerStream,
+    },
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Finished => f.write_str("Finished"),
+            Self::Live { reset, .. } => f.debug_struct("Live").field("reset", reset).finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Shares upstream calls of one resource among viewers.
 #[derive(Debug, Clone)]
 pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     resource: SharedResource,
-    first_event_wait: Duration,
+    settings: HubSettings,
+    entries: Mutex<HashMap<ShareKey, Arc<Shared>>>,
+    shutdown: CancellationToken,
 }
 
 impl Hub {
-    /// A hub for `resource`. Subscribing waits up to `first_event_wait` for the first upstream
-    /// message, so that an error the upstream sends at once becomes an HTTP status.
-    pub fn new(resource: SharedResource, first_event_wait: Duration) -> Self {
-        Self { resource, first_event_wait }
+    /// A hub for `resource`; every upstream call ends when `shutdown` is cancelled.
+    pub fn new(resource: SharedResource, settings: HubSettings, shutdown: CancellationToken) -> Self {
+        Self { inner: Arc::new(Inner { resource, settings, entries: Mutex::new(HashMap::new()), shutdown }) }
     }
 
     /// The route of the resource this hub serves.
     pub fn route(&self) -> &'static str {
-        self.resource.route()
+        self.inner.resource.route()
     }
 
-    /// Opens a stream for one viewer. Errors are those known before anything was sent to the
-    /// viewer; later ones arrive inside the stream.
-    pub async fn subscribe(&self, call: Call) -> Result<EventStream, UpstreamError> {
-        let mut upstream = self.resource.open(call).await?;
-        match tokio::time::timeout(self.first_event_wait, upstream.next()).await {
-            Ok(Some(Err(error))) => Err(error),
-            Ok(Some(Ok(first))) => Ok(Box::pin(futures_util::stream::iter([Ok(first)]).chain(upstream))),
-            // The upstream ended without a message, or is slow to send one: let the stream
-            // itself report what happens next.
-            Ok(None) => Ok(Box::pin(futures_util::stream::empty())),
-            Err(_elapsed) => Ok(upstream),
+    /// Upstream calls currently shared (running, lingering or kept finished).
+    pub fn shared_calls(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Subscribes a viewer to `call.id`, resuming after `resume` when given (else starting
+    /// with the latest update). Errors are those known before anything was sent.
+    pub async fn subscribe(&self, call: Call, resume: Option<u64>) -> Result<Subscription, UpstreamError> {
+        let key = self.key(&call);
+        loop {
+            let shared = self.shared(&key, &call);
+            match shared.attach(resume, &self.inner.settings).await {
+                shared::Attach::Ready(subscription) => return Ok(subscription),
+                shared::Attach::Failed(error) => return Err(error),
+                // The call ended while we attached (it was being removed): start a new one.
+                shared::Attach::Gone => continue,
+                shared::Attach::NeedsPrivateCall(after) => return self.private(call, after).await,
+            }
         }
+    }
+
+    fn key(&self, call: &Call) -> ShareKey {
+        let user = match self.inner.settings.share_scope {
+            ShareScope::User => call.identity.user_id.clone(),
+            ShareScope::Tenant => None,
+        };
+        ShareKey { route: self.route(), id: call.id.clone(), tenant: call.identity.tenant_id.clone(), user }
+    }
+
+    /// The shared call for `key`, started on first use.
+    fn shared(&self, key: &ShareKey, call: &Call) -> Arc<Shared> {
+        let mut entries = self.lock();
+        if let Some(shared) = entries.get(key) {
+            return Arc::clone(shared);
+        }
+        let shared = Shared::start(
+            Arc::clone(&self.inner.resource),
+            call.clone(),
+            self.inner.settings.clone(),
+            self.inner.shutdown.child_token(),
+            self.remover(key.clone()),
+        );
+        entries.insert(key.clone(), Arc::clone(&shared));
+        shared
+    }
+
+    /// What the driver calls when its shared call is over, to leave the map.
+    fn remover(&self, key: ShareKey) -> impl FnOnce(&Arc<Shared>) + Send + 'static {
+        let inner = Arc::downgrade(&self.inner);
+        move |shared| {
+            if let Some(inner) = inner.upgrade() {
+                let mut entries = inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
+                if entries.get(&key).is_some_and(|current| Arc::ptr_eq(current, shared)) {
+                    entries.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// A viewer whose resume point is older than the shared log gets its own upstream call
+    /// from that point; if the upstream no longer has it either, the stream is reset and joins
+    /// the shared call at its latest update.
+    async fn private(&self, call: Call, after: u64) -> Result<Subscription, UpstreamError> {
+        let inner = &self.inner;
+        let own = Call { resume_after: after, ..call.clone() };
+        // Not in the map: nobody else attaches, and it ends when its viewer leaves.
+        let private = Shared::start(
+            Arc::clone(&inner.resource),
+            own,
+            inner.settings.clone(),
+            inner.shutdown.child_token(),
+            |_| {},
+        );
+        match private.attach(Some(after), &inner.settings).await {
+            shared::Attach::Ready(subscription) => Ok(subscription),
+            shared::Attach::Failed(error) if error.code == tonic::Code::OutOfRange => {
+                match Box::pin(self.subscribe(call, None)).await? {
+                    Subscription::Live { events, .. } => Ok(Subscription::Live { reset: true, events }),
+                    Subscription::Finished => Ok(Subscription::Finished),
+                }
+            }
+            shared::Attach::Failed(error) => Err(error),
+            shared::Attach::Gone | shared::Attach::NeedsPrivateCall(_) => Err(UpstreamError::ended_early()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShareKey, Arc<Shared>>> {
+        self.inner.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -13,19 +13,12 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 
 pub use decode::{Decoder, Frame};
 
-use crate::event::StreamEvent;
-
 /// The comment line sent when nothing else was written for the heartbeat interval.
 pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// `retry: <ms>`, telling EventSource how long to wait before reconnecting.
 pub fn retry(after: Duration) -> Bytes {
     Bytes::from(format!("retry: {}\n\n", after.as_millis()))
-}
-
-/// One event of the stream: `id`, `event` and a one-line JSON `data`.
-pub fn event(event: &StreamEvent) -> Bytes {
-    frame(Some(&event.id.to_string()), event.kind.name(), &event.data)
 }
 
 /// A generic frame. Any CR, LF or NUL in `id` or `name` is dropped (they cannot be represented
@@ -78,6 +71,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::event::StreamEvent;
 
     fn strip(s: &str) -> String {
         s.chars().filter(|c| !matches!(c, '\r' | '\n' | '\0')).collect()
@@ -141,12 +135,8 @@ mod tests {
 
     #[test]
     fn events_from_the_upstream_carry_static_names_and_numeric_ids() {
-        let update = StreamEvent {
-            id: 7,
-            kind: crate::event::EventKind::Failed,
-            data: Bytes::from_static(br#"{"message":"a\nb"}"#),
-            emitted_at: None,
-        };
-        assert_eq!(&event(&update)[..], b"id: 7\nevent: failed\ndata: {\"message\":\"a\\nb\"}\n\n");
+        let update =
+            StreamEvent::new(7, crate::event::EventKind::Failed, Bytes::from_static(br#"{"message":"a\nb"}"#), None);
+        assert_eq!(&update.sse[..], b"id: 7\nevent: failed\ndata: {\"message\":\"a\\nb\"}\n\n");
     }
 }

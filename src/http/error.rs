@@ -24,6 +24,9 @@ pub enum ApiError {
     /// `Last-Event-ID` (or `lastEventId`) is not 1 to 20 digits.
     #[error("Last-Event-ID must be a decimal sequence number of at most 20 digits")]
     InvalidLastEventId,
+    /// The long-poll `wait` is not a number of seconds.
+    #[error("wait must be a number of seconds (at most 60)")]
+    InvalidWait,
     /// No valid token; the reason stays in the log.
     #[error("a valid bearer token is required")]
     Unauthorized,
@@ -78,7 +81,7 @@ impl ApiError {
             Self::InvalidDocumentId => StatusCode::BAD_REQUEST,
             Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::InvalidLastEventId => StatusCode::BAD_REQUEST,
+            Self::InvalidLastEventId | Self::InvalidWait => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::TokenExpired => StatusCode::UNAUTHORIZED,
             Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -94,6 +97,7 @@ impl ApiError {
             Self::NotAcceptable => "not_acceptable",
             Self::NoRoute => "no_route",
             Self::InvalidLastEventId => "invalid_last_event_id",
+            Self::InvalidWait => "invalid_wait",
             Self::Unauthorized => "unauthorized",
             Self::TokenExpired => "token_expired",
             Self::TooManyStreams(_) => "too_many_streams",
@@ -115,6 +119,7 @@ impl ApiError {
             | Self::NotAcceptable
             | Self::NoRoute
             | Self::InvalidLastEventId
+            | Self::InvalidWait
             | Self::Unauthorized
             | Self::HeadersTooLarge => false,
         }
@@ -127,7 +132,9 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> Vec<u8> {
+    /// The JSON body shared by the problem response, the SSE error event and the other
+    /// representations.
+    pub fn body(&self) -> Vec<u8> {
         let status = self.status();
         let message = self.to_string();
         let body = Body {

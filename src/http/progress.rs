@@ -1,18 +1,26 @@
 //! `GET /documents/{document_id}/progress`: validates the request at the edge, then opens the
 //! document's stream through the hub and answers with SSE.
 
+use std::time::Duration;
+
 use axum::{
-    extract::{Path, State, rejection::PathRejection},
-    http::{HeaderMap, HeaderValue, Uri, header},
-    response::Response,
+    extract::{
+        Path, State,
+        rejection::PathRejection,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
+    http::{HeaderMap, HeaderValue, StatusCode, Uri},
+    response::{IntoResponse, Response},
 };
 
 use super::{
     ApiError, AppState,
-    stream::{Viewer, sse_response},
+    representation::{self, Representation},
+    stream::{Viewer, feed},
 };
 use crate::{
     auth::Principal,
+    hub::Subscription,
     upstream::{Call, Identity},
 };
 
@@ -22,14 +30,17 @@ const MAX_DOCUMENT_ID: usize = 128;
 const MAX_REQUEST_ID: usize = 128;
 /// `u64::MAX` has 20 digits.
 const MAX_LAST_EVENT_ID: usize = 20;
+/// The default and the longest long-poll wait, in seconds.
+const POLL_WAIT: (u64, u64) = (25, 60);
 
-/// Streams a document's processing progress.
+/// Streams a document's processing progress in the representation the client asked for.
 #[tracing::instrument(skip_all, fields(route = state.progress.route(), document_id, request_id, user))]
 pub async fn progress(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let span = tracing::Span::current();
     let principal = state.auth.authenticate(&headers, uri.query()).map_err(|reason| {
@@ -47,10 +58,18 @@ pub async fn progress(
         return Err(ApiError::InvalidDocumentId);
     }
     span.record("document_id", document_id.as_str());
-    let resume_after = last_event_id(&headers, uri.query())?;
-    if !accepts_event_stream(&headers) {
-        return Err(ApiError::NotAcceptable);
-    }
+    let upgrade = upgrade.ok();
+    let representation = match upgrade {
+        Some(_) => None,
+        None => Some(Representation::negotiate(&headers)?),
+    };
+    let query = uri.query().unwrap_or("");
+    let resume = match representation {
+        Some(Representation::LongPoll) => query_number(query, "after").map_err(|()| ApiError::InvalidLastEventId)?,
+        _ => last_event_id(&headers, Some(query))?,
+    };
+    let wait = query_number(query, "wait").map_err(|()| ApiError::InvalidWait)?;
+    let wait = Duration::from_secs(wait.unwrap_or(POLL_WAIT.0).min(POLL_WAIT.1));
     if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
@@ -58,14 +77,61 @@ pub async fn progress(
     let identity = identity(&headers, principal.as_ref());
     span.record("request_id", identity.request_id.as_str());
     let request_id = HeaderValue::from_str(&identity.request_id).ok();
-    let call = Call { id: document_id, resume_after: resume_after.unwrap_or(0), identity };
-    let events = state.progress.subscribe(call).await.map_err(ApiError::Upstream)?;
+    let call = Call { id: document_id, resume_after: 0, identity };
+    let subscription = state.progress.subscribe(call, resume).await.map_err(ApiError::Upstream)?;
+    let (reset, events) = match subscription {
+        Subscription::Finished if representation == Some(Representation::LongPoll) => {
+            return Ok(representation::long_poll_finished(resume.unwrap_or(0)));
+        }
+        // The viewer already has the terminal event: 204 tells EventSource to stop reconnecting.
+        Subscription::Finished => return Ok(StatusCode::NO_CONTENT.into_response()),
+        Subscription::Live { reset, events } => (reset, events),
+    };
     let viewer = Viewer { permit, expires_at: principal.map(|p| p.expires_at) };
-    let mut response = sse_response(events, state.stream.clone(), state.shutdown.clone(), viewer);
+    let feed = |events| feed(events, reset, state.stream.clone(), state.shutdown.clone(), viewer);
+    let mut response = match (upgrade, representation) {
+        (Some(upgrade), _) => representation::websocket(upgrade, feed(events)),
+        (None, Some(Representation::LongPoll)) => representation::long_poll(events, reset, resume, wait).await,
+        (None, Some(Representation::Ndjson)) => representation::ndjson(feed(events)),
+        (None, _) => representation::event_stream(feed(events), state.stream.retry),
+    };
     if let Some(request_id) = request_id {
         response.headers_mut().insert("x-request-id", request_id);
     }
     Ok(response)
+}
+
+/// The resume point: the `Last-Event-ID` header, else `?lastEventId=` (which EventSource users
+/// set on a first connect). An empty value means none; anything but 1 to 20 digits is a 400.
+pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let mut values = headers.get_all("last-event-id").iter();
+    match (values.next(), values.next()) {
+        (Some(_), Some(_)) => Err(()),
+        (Some(value), None) => value.to_str().map_err(|_| ()).and_then(number),
+        (None, _) => query_number(query.unwrap_or(""), "lastEventId"),
+    }
+    .map_err(|()| ApiError::InvalidLastEventId)
+}
+
+/// A numeric query parameter (`lastEventId`, `after`, `wait`): at most once, 1 to 20 digits.
+fn query_number(query: &str, key: &str) -> Result<Option<u64>, ()> {
+    let mut values = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == key);
+    match (values.next(), values.next()) {
+        (Some(_), Some(_)) => Err(()),
+        (Some((_, value)), None) => number(&value),
+        (None, _) => Ok(None),
+    }
+}
+
+/// 1 to 20 decimal digits that fit a `u64`; empty means none.
+fn number(value: &str) -> Result<Option<u64>, ()> {
+    match value {
+        "" => Ok(None),
+        id if id.len() <= MAX_LAST_EVENT_ID && id.bytes().all(|b| b.is_ascii_digit()) => {
+            id.parse().map(Some).map_err(|_| ())
+        }
+        _ => Err(()),
+    }
 }
 
 /// 1 to 128 bytes of `[A-Za-z0-9._-]`.
@@ -73,38 +139,6 @@ pub fn valid_document_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_DOCUMENT_ID
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// The resume point: the `Last-Event-ID` header, else `?lastEventId=` (which EventSource users
-/// set on a first connect). An empty value means none; anything but 1 to 20 digits is a 400.
-pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<u64>, ApiError> {
-    let mut values = headers.get_all("last-event-id").iter();
-    let value = match (values.next(), values.next()) {
-        (Some(_), Some(_)) => return Err(ApiError::InvalidLastEventId),
-        (Some(value), None) => Some(value.to_str().map_err(|_| ApiError::InvalidLastEventId)?.to_owned()),
-        (None, _) => form_urlencoded::parse(query.unwrap_or("").as_bytes())
-            .find(|(key, _)| key == "lastEventId")
-            .map(|(_, value)| value.into_owned()),
-    };
-    match value.as_deref() {
-        None | Some("") => Ok(None),
-        Some(id) if id.len() <= MAX_LAST_EVENT_ID && id.bytes().all(|b| b.is_ascii_digit()) => {
-            id.parse().map(Some).map_err(|_| ApiError::InvalidLastEventId)
-        }
-        Some(_) => Err(ApiError::InvalidLastEventId),
-    }
-}
-
-/// `text/event-stream`, `text/*`, `*/*` or no `Accept` at all.
-fn accepts_event_stream(headers: &HeaderMap) -> bool {
-    let mut values = headers.get_all(header::ACCEPT).iter().peekable();
-    if values.peek().is_none() {
-        return true;
-    }
-    values.filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
-        let media = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
-    })
 }
 
 /// The identity passed to the upstream. A valid inbound `x-request-id` is kept so logs on both

@@ -1,42 +1,34 @@
-//! The SSE response body: `retry:` first, then one frame per event, heartbeats in silences,
-//! and an orderly end on the terminal event, an upstream error or shutdown.
+//! One viewer's feed, independent of the wire format: events, heartbeats in silences, and an
+//! orderly end on the terminal event, an upstream error, token expiry, the maximum lifetime or
+//! shutdown. Each representation (SSE, NDJSON, WebSocket) only encodes what this yields.
 //!
-//! The body owns the upstream stream: when the client goes away hyper drops the body, which
-//! drops the tonic `Streaming` and so cancels the upstream call.
+//! The feed owns the viewer's hub subscription: when the client goes away hyper drops the body
+//! and with it the subscription, and the last viewer leaving starts the upstream call's linger.
 
 use std::{
-    convert::Infallible,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use axum::{
-    body::Body,
-    http::{HeaderValue, header},
-    response::{IntoResponse, Response},
-};
-use bytes::Bytes;
-use futures_util::StreamExt as _;
+use futures_util::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, limits::StreamPermit};
-use crate::{
-    sse,
-    upstream::{EventStream, UpstreamError},
-};
+use crate::{event::StreamEvent, hub::ViewerStream, upstream::UpstreamError};
 
-/// Stream timing shared by every SSE response.
+/// Stream timing shared by every representation.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
-    /// Silence after which a `: keep-alive` comment is sent.
+    /// Silence after which a heartbeat is sent.
     pub heartbeat: Duration,
-    /// The `retry:` hint at the start of each stream.
+    /// The `retry:` hint at the start of each SSE stream.
     pub retry: Duration,
     /// The longest a stream stays open, whatever the token's lifetime; the client then
     /// reconnects and resumes.
     pub max_lifetime: Duration,
 }
 
-/// One viewer's stream: its limits permit and when its credentials run out.
+/// One viewer: its limits permit and when its credentials run out.
 #[derive(Debug)]
 pub struct Viewer {
     /// Released when the stream ends.
@@ -45,43 +37,59 @@ pub struct Viewer {
     pub expires_at: Option<SystemTime>,
 }
 
-/// How a stream ended, for the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+/// What a representation writes next.
+#[derive(Debug)]
+pub enum Output {
+    /// The requested resume point is gone: the client must drop what it had.
+    Reset,
+    /// An update.
+    Event(Arc<StreamEvent>),
+    /// Nothing else was sent for the heartbeat interval.
+    Heartbeat,
+    /// The last thing the stream carries.
+    End(Ending),
+}
+
+/// Why a feed ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// The terminal event was the previous output.
     Terminal,
-    UpstreamError,
-    Shutdown,
-    TokenExpired,
-    Lifetime,
+    /// An error the client should see.
+    Error(ApiError),
+    /// The client should reconnect (and resume) after this long: shutdown or maximum lifetime.
+    Reconnect(Duration),
 }
 
 enum Next {
-    Item(Option<Result<crate::event::StreamEvent, UpstreamError>>),
+    Item(Option<Result<Arc<StreamEvent>, UpstreamError>>),
     Heartbeat,
     Shutdown,
     Deadline,
 }
 
-/// Builds the `text/event-stream` response around `events`.
-pub fn sse_response(
-    events: EventStream,
+/// The feed of one viewer over its hub subscription.
+pub fn feed(
+    events: ViewerStream,
+    reset: bool,
     settings: StreamSettings,
     shutdown: CancellationToken,
     viewer: Viewer,
-) -> Response {
+) -> impl Stream<Item = Output> + Send + 'static {
     let span = tracing::Span::current();
     let until_expiry = viewer.expires_at.map(|exp| exp.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
     let token_ends_first = until_expiry.is_some_and(|left| left <= settings.max_lifetime);
     let until_deadline = until_expiry.map_or(settings.max_lifetime, |left| left.min(settings.max_lifetime));
-    let body = async_stream::stream! {
+    async_stream::stream! {
         let _permit = viewer.permit;
-        let deadline = tokio::time::sleep(until_deadline);
-        tokio::pin!(deadline);
-        yield Ok::<Bytes, Infallible>(sse::retry(settings.retry));
         let mut events = events;
+        let deadline = tokio::time::sleep(until_deadline);
         let heartbeat = tokio::time::sleep(settings.heartbeat);
-        tokio::pin!(heartbeat);
-        let outcome = loop {
+        tokio::pin!(deadline, heartbeat);
+        if reset {
+            yield Output::Reset;
+        }
+        let ending = loop {
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Next::Shutdown,
@@ -91,48 +99,33 @@ pub fn sse_response(
             };
             match next {
                 Next::Item(Some(Ok(event))) => {
-                    yield Ok(sse::event(&event));
-                    if event.kind.is_terminal() {
-                        break Outcome::Terminal;
+                    let terminal = event.kind.is_terminal();
+                    yield Output::Event(event);
+                    if terminal {
+                        break Ending::Terminal;
                     }
                 }
-                Next::Item(Some(Err(error))) => {
-                    yield Ok(ApiError::Upstream(error).to_sse());
-                    break Outcome::UpstreamError;
-                }
-                Next::Item(None) => {
-                    yield Ok(ApiError::Upstream(UpstreamError::ended_early()).to_sse());
-                    break Outcome::UpstreamError;
-                }
-                Next::Heartbeat => yield Ok(Bytes::from_static(sse::KEEP_ALIVE)),
-                Next::Shutdown => {
-                    // Ask the client to come back soon, spread out so that a fleet of viewers
-                    // does not reconnect in one burst.
-                    yield Ok(sse::retry(jittered(settings.retry)));
-                    break Outcome::Shutdown;
-                }
-                Next::Deadline if token_ends_first => {
-                    yield Ok(ApiError::TokenExpired.to_sse());
-                    break Outcome::TokenExpired;
-                }
-                Next::Deadline => {
-                    yield Ok(sse::retry(settings.retry));
-                    break Outcome::Lifetime;
-                }
+                Next::Item(Some(Err(error))) => break Ending::Error(ApiError::Upstream(error)),
+                Next::Item(None) => break Ending::Error(ApiError::Upstream(UpstreamError::ended_early())),
+                Next::Heartbeat => yield Output::Heartbeat,
+                // Spread reconnects out, so that a fleet of viewers does not come back at once.
+                Next::Shutdown => break Ending::Reconnect(settings.retry.mul_f64(0.5 + fastrand::f64())),
+                Next::Deadline if token_ends_first => break Ending::Error(ApiError::TokenExpired),
+                Next::Deadline => break Ending::Reconnect(settings.retry),
             }
             heartbeat.as_mut().reset(tokio::time::Instant::now() + settings.heartbeat);
         };
-        tracing::info!(parent: &span, ?outcome, "stream ended");
-    };
-    let mut response = Body::from_stream(body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+        tracing::info!(parent: &span, ending = ending.label(), "stream ended");
+        yield Output::End(ending);
+    }
 }
 
-/// A reconnect delay between half and one and a half times `base`.
-fn jittered(base: Duration) -> Duration {
-    base.mul_f64(0.5 + fastrand::f64())
+impl Ending {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Terminal => "terminal",
+            Self::Error(error) => error.code(),
+            Self::Reconnect(_) => "reconnect",
+        }
+    }
 }

@@ -115,7 +115,7 @@ fn map_update(update: ProcessingUpdate) -> Result<StreamEvent, UpstreamError> {
     };
     let json = serde_json::to_vec(&data)
         .map_err(|e| UpstreamError::new(Code::Internal, format!("cannot encode update: {e}")))?;
-    Ok(StreamEvent { id: update.sequence, kind, data: Bytes::from(json), emitted_at })
+    Ok(StreamEvent::new(update.sequence, kind, Bytes::from(json), emitted_at))
 }
 
 /// RFC 3339 in UTC with all nine fractional digits, so clients never lose precision and every

@@ -1,6 +1,8 @@
 //! Errors: malformed requests never reach the upstream; upstream errors before the stream
 //! become HTTP statuses with problem bodies; errors after it become `event: error`.
 
+use std::time::Duration;
+
 use reqwest::header::HeaderMap;
 
 use crate::helpers::{SseReader, TestApp, bearer, events, problem};
@@ -101,7 +103,7 @@ async fn an_update_with_an_invalid_status_ends_the_stream_with_an_internal_error
 
 #[tokio::test]
 async fn an_upstream_that_ends_without_a_terminal_update_is_a_retryable_error() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder().configure(|c| c.retry_budget = Duration::from_millis(500)).spawn().await;
     let events = events(&app.transcript("truncated").await);
     let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
     assert_eq!(names, ["progress", "progress", "error"]);

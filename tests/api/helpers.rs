@@ -3,7 +3,7 @@
 
 use std::{collections::VecDeque, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
 use sse_bff::{
     App, ServeConfig, Sim,
@@ -103,9 +103,12 @@ impl TestApp {
         tokio::time::timeout(PATIENCE, request.send()).await.expect("response within patience").expect("request sent")
     }
 
-    /// Opens a stream, asserts it is a 200 event stream, and reads it to its end.
+    /// Opens a stream from the first event (`Last-Event-ID: 0`), asserts it is a 200 event
+    /// stream, and reads it to its end.
     pub async fn transcript(&self, document_id: &str) -> Vec<Frame> {
-        let response = self.open_progress(document_id).await;
+        let mut headers = bearer(&self.token);
+        headers.insert("last-event-id", HeaderValue::from_static("0"));
+        let response = self.open_progress_with(document_id, &headers).await;
         assert_eq!(response.status(), 200, "stream of {document_id} opens");
         SseReader::new(response).read_to_end().await
     }

@@ -9,16 +9,30 @@ use sse_bff::sse::Frame;
 use crate::helpers::{SseReader, TestApp, problem};
 
 #[tokio::test]
-async fn a_client_that_disconnects_cancels_the_upstream_call_within_a_second() {
-    let app = TestApp::builder().speed(1.0).spawn().await;
+async fn the_last_viewer_leaving_cancels_the_upstream_call_after_the_linger() {
+    let linger = Duration::from_millis(300);
+    let app = TestApp::builder().speed(1.0).configure(|c| c.linger = linger).spawn().await;
     let mut reader = SseReader::new(app.open_progress("slow").await);
     assert!(matches!(reader.next_event().await, Some(Frame::Event { .. })));
     assert!(app.sim.wait_until(Duration::from_secs(1), |s| s.active() == 1).await, "the call is streaming");
 
     drop(reader);
 
-    let cancelled = app.sim.wait_until(Duration::from_secs(1), |s| s.cancelled() == 1 && s.active() == 0).await;
-    assert!(cancelled, "the simulator saw the cancel within one second");
+    let cancelled =
+        app.sim.wait_until(linger + Duration::from_secs(1), |s| s.cancelled() == 1 && s.active() == 0).await;
+    assert!(cancelled, "the simulator saw the cancel within a second after the linger");
+}
+
+#[tokio::test]
+async fn a_reconnect_within_the_linger_reuses_the_upstream_call() {
+    let app = TestApp::builder().speed(1.0).configure(|c| c.linger = Duration::from_secs(5)).spawn().await;
+    let mut first = SseReader::new(app.open_progress("slow").await);
+    assert!(first.next_event().await.is_some());
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut second = SseReader::new(app.open_progress("slow").await);
+    assert!(second.next_event().await.is_some());
+    assert_eq!((app.sim.calls(), app.sim.cancelled()), (1, 0), "one upstream call, never cancelled");
 }
 
 #[tokio::test]

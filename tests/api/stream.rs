@@ -10,7 +10,7 @@ use crate::helpers::{SseReader, TestApp, bearer, events};
 #[tokio::test]
 async fn a_job_streams_every_update_in_order_and_ends_after_completed() {
     let app = TestApp::spawn().await;
-    let response = app.open_progress("doc-1").await;
+    let response = app.get("/documents/doc-1/progress?lastEventId=0", &bearer(&app.token)).await;
 
     assert_eq!(response.status(), 200);
     let headers = response.headers();
@@ -120,7 +120,7 @@ async fn identity_and_trace_context_reach_the_upstream() {
     let mut headers = bearer(&app.token);
     headers.insert("traceparent", "00-zzzz-bad-01".parse().unwrap());
     headers.insert("x-request-id", "has spaces and \"quotes\"".parse().unwrap());
-    let response = app.open_progress_with("doc-2", &headers).await;
+    let response = app.open_progress_with("scan-42", &headers).await;
     let generated = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     drop(response);
 

@@ -1,0 +1,215 @@
+//! The representations of a streamed resource, negotiated on one path: SSE (the default),
+//! NDJSON, a JSON long-poll, and a WebSocket. All of them read the same hub feed.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    Json,
+    body::Body,
+    extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::{BufMut as _, Bytes, BytesMut};
+use futures_util::{FutureExt as _, Stream, StreamExt as _};
+use serde_json::value::RawValue;
+
+use super::{
+    ApiError,
+    stream::{Ending, Output},
+};
+use crate::{hub::ViewerStream, sse};
+
+/// The JSON data of the `reset` event.
+const RESET: &str = r#"{"reason":"the requested resume point is no longer available; this is the current state"}"#;
+
+/// What the client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Representation {
+    /// `text/event-stream`, `text/*`, `*/*` or no `Accept`.
+    EventStream,
+    /// `application/x-ndjson`: one JSON object per line.
+    Ndjson,
+    /// `application/json`: a long-poll.
+    LongPoll,
+}
+
+impl Representation {
+    /// Picks the representation from `Accept`, preferring SSE when several match.
+    pub fn negotiate(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let mut ranges = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|range| range.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .peekable();
+        if ranges.peek().is_none() {
+            return Ok(Self::EventStream);
+        }
+        let ranges: Vec<String> = ranges.collect();
+        let has = |media: &str| ranges.iter().any(|r| r == media);
+        if has("text/event-stream") {
+            Ok(Self::EventStream)
+        } else if has("application/x-ndjson") {
+            Ok(Self::Ndjson)
+        } else if has("application/json") {
+            Ok(Self::LongPoll)
+        } else if has("*/*") || has("text/*") {
+            Ok(Self::EventStream)
+        } else {
+            Err(ApiError::NotAcceptable)
+        }
+    }
+}
+
+/// `text/event-stream`: `retry:` first, then one frame per output.
+pub fn event_stream(feed: impl Stream<Item = Output> + Send + 'static, retry: Duration) -> Response {
+    let head = futures_util::stream::iter([sse::retry(retry)]);
+    let frames = feed.filter_map(|output| {
+        std::future::ready(match output {
+            Output::Reset => Some(sse::frame(None, "reset", RESET.as_bytes())),
+            Output::Event(event) => Some(event.sse.clone()),
+            Output::Heartbeat => Some(Bytes::from_static(sse::KEEP_ALIVE)),
+            Output::End(Ending::Terminal) => None,
+            Output::End(Ending::Error(error)) => Some(error.to_sse()),
+            Output::End(Ending::Reconnect(after)) => Some(sse::retry(after)),
+        })
+    });
+    streaming(head.chain(frames), "text/event-stream")
+}
+
+/// `application/x-ndjson`: the event data objects one per line; an error ends the stream as
+/// one more line (it has `code`, updates have `sequence`); heartbeats are blank lines.
+pub fn ndjson(feed: impl Stream<Item = Output> + Send + 'static) -> Response {
+    let lines = feed.filter_map(|output| {
+        std::future::ready(match output {
+            Output::Reset => Some(line(br#"{"event":"reset"}"#)),
+            Output::Event(event) => Some(line(&event.data)),
+            Output::Heartbeat => Some(Bytes::from_static(b"\n")),
+            Output::End(Ending::Error(error)) => Some(line(&error.body())),
+            Output::End(Ending::Terminal | Ending::Reconnect(_)) => None,
+        })
+    });
+    streaming(lines, "application/x-ndjson")
+}
+
+fn line(json: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(json.len() + 1);
+    out.put_slice(json);
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+fn streaming(body: impl Stream<Item = Bytes> + Send + 'static, content_type: &'static str) -> Response {
+    let mut response = Body::from_stream(body.map(Ok::<_, Infallible>)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The long-poll answer.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Poll {
+    events: Vec<Box<RawValue>>,
+    last_event_id: u64,
+    done: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reset: bool,
+}
+
+/// `application/json`: every event after `after` that exists now, or the first one to come
+/// within `wait`; without `after`, the latest at once.
+pub async fn long_poll(mut events: ViewerStream, reset: bool, after: Option<u64>, wait: Duration) -> Response {
+    let first = match after {
+        None => events.next().now_or_never().flatten(),
+        Some(_) => tokio::time::timeout(wait, events.next()).await.ok().flatten(),
+    };
+    let mut poll = Poll { events: Vec::new(), last_event_id: after.unwrap_or(0), done: false, reset };
+    let mut next = first;
+    while let Some(item) = next {
+        match item {
+            Ok(event) => {
+                poll.last_event_id = event.id;
+                poll.done = event.kind.is_terminal();
+                // The data is one line of JSON produced by serde_json; it cannot fail to parse.
+                if let Ok(raw) = RawValue::from_string(String::from_utf8_lossy(&event.data).into_owned()) {
+                    poll.events.push(raw);
+                }
+                if poll.done {
+                    break;
+                }
+            }
+            Err(error) if poll.events.is_empty() => return ApiError::Upstream(error).into_response(),
+            // Deliver what arrived; the next poll reports the error.
+            Err(_) => break,
+        }
+        next = events.next().now_or_never().flatten();
+    }
+    (StatusCode::OK, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(poll)).into_response()
+}
+
+/// A finished resource as a long-poll answer.
+pub fn long_poll_finished(after: u64) -> Response {
+    Json(Poll { events: Vec::new(), last_event_id: after, done: true, reset: false }).into_response()
+}
+
+/// A WebSocket: one text frame per event, `{"id":"7","event":"progress","data":{...}}`, pings
+/// as heartbeats, and a close frame at the end.
+pub fn websocket(upgrade: WebSocketUpgrade, feed: impl Stream<Item = Output> + Send + 'static) -> Response {
+    upgrade.max_message_size(4096).on_upgrade(move |socket| relay(socket, feed))
+}
+
+async fn relay(mut socket: WebSocket, feed: impl Stream<Item = Output> + Send + 'static) {
+    let mut feed = std::pin::pin!(feed);
+    loop {
+        tokio::select! {
+            output = feed.next() => {
+                let Some(output) = output else { break };
+                let (messages, last) = ws_messages(output);
+                for message in messages {
+                    if socket.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                if last {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                // Pongs and pings are answered by the library; text from the client is ignored.
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// The frames for one output, and whether they end the socket.
+fn ws_messages(output: Output) -> (Vec<Message>, bool) {
+    let text = |json: String| Message::Text(json.into());
+    match output {
+        Output::Reset => (vec![text(format!(r#"{{"event":"reset","data":{RESET}}}"#))], false),
+        Output::Event(event) => {
+            let data = String::from_utf8_lossy(&event.data);
+            (vec![text(format!(r#"{{"id":"{}","event":"{}","data":{data}}}"#, event.id, event.kind.name()))], false)
+        }
+        Output::Heartbeat => (vec![Message::Ping(Bytes::new())], false),
+        Output::End(Ending::Terminal) => (vec![close(1000, "done")], true),
+        Output::End(Ending::Error(error)) => {
+            let data = String::from_utf8_lossy(&error.body()).into_owned();
+            // 1013 "try again later" for retryable errors, 1011 "internal error" otherwise.
+            let code = if error.retryable() { 1013 } else { 1011 };
+            (vec![text(format!(r#"{{"event":"error","data":{data}}}"#)), close(code, error.code())], true)
+        }
+        // 1012 "service restart": the client reconnects and resumes.
+        Output::End(Ending::Reconnect(_)) => (vec![close(1012, "reconnect")], true),
+    }
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+}
