@@ -11,6 +11,7 @@ use crate::{
     config::ServeConfig,
     http::{self, AppState, EdgeSettings, StreamLimits, StreamSettings},
     hub::Hub,
+    net::GuardedListener,
     upstream::{ChannelError, DocumentProgress, UpstreamChannel},
 };
 
@@ -40,6 +41,7 @@ pub struct App {
     router: axum::Router,
     shutdown: CancellationToken,
     grace: Duration,
+    stall_timeout: Duration,
 }
 
 impl App {
@@ -81,7 +83,13 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
-        Ok(Self { listener, router: http::router(state, &edge), shutdown, grace: config.shutdown_grace })
+        Ok(Self {
+            listener,
+            router: http::router(state, &edge),
+            shutdown,
+            grace: config.shutdown_grace,
+            stall_timeout: config.stall_timeout,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -95,8 +103,8 @@ impl App {
         let addr = self.local_addr();
         tracing::info!(%addr, "sse-bff listening");
         let shutdown = self.shutdown.clone();
-        let server =
-            axum::serve(self.listener, self.router).with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let server = axum::serve(GuardedListener::new(self.listener, self.stall_timeout), self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
         let stopped = self.shutdown.clone();
         let grace = self.grace;
         tokio::select! {

@@ -111,6 +111,9 @@ pub struct ServeConfig {
     /// How long transient upstream failures are retried (resuming) before viewers see an error.
     #[arg(long, env = "SSE_BFF_RETRY_BUDGET", default_value = "30s", value_parser = parse_duration)]
     pub retry_budget: Duration,
+    /// A client whose connection accepts no bytes for this long is dropped.
+    #[arg(long, env = "SSE_BFF_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
     /// Token verification.
     #[command(flatten)]
     pub auth: AuthConfig,

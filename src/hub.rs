@@ -120,7 +120,7 @@ impl Hub {
         let key = self.key(&call);
         loop {
             let shared = self.shared(&key, &call);
-            match shared.attach(resume, &self.inner.settings).await {
+            match shared.attach(resume, &self.inner.settings, None).await {
                 shared::Attach::Ready(subscription) => return Ok(subscription),
                 shared::Attach::Failed(error) => return Err(error),
                 // The call ended while we attached (it was being removed): start a new one.
@@ -144,7 +144,7 @@ impl Hub {
         if let Some(shared) = entries.get(key) {
             return Arc::clone(shared);
         }
-        let shared = Shared::start(
+        let (shared, _) = Shared::start(
             Arc::clone(&self.inner.resource),
             call.clone(),
             self.inner.settings.clone(),
@@ -175,14 +175,14 @@ impl Hub {
         let inner = &self.inner;
         let own = Call { resume_after: after, ..call.clone() };
         // Not in the map: nobody else attaches, and it ends when its viewer leaves.
-        let private = Shared::start(
+        let (private, from_start) = Shared::start(
             Arc::clone(&inner.resource),
             own,
             inner.settings.clone(),
             inner.shutdown.child_token(),
             |_| {},
         );
-        match private.attach(Some(after), &inner.settings).await {
+        match private.attach(Some(after), &inner.settings, Some(from_start)).await {
             shared::Attach::Ready(subscription) => Ok(subscription),
             shared::Attach::Failed(error) if error.code == tonic::Code::OutOfRange => {
                 match Box::pin(self.subscribe(call, None)).await? {

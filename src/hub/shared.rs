@@ -20,6 +20,9 @@ use crate::{
     upstream::{Call, EventStream, SharedResource, UpstreamError},
 };
 
+/// A viewer's end of the live broadcast.
+pub(super) type Receiver = broadcast::Receiver<Arc<StreamEvent>>;
+
 /// The first and the longest pause between two attempts of a failing upstream call.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
@@ -83,14 +86,15 @@ impl Drop for ViewerGuard {
 
 impl Shared {
     /// Starts the driver of a new shared call. `remove` takes it out of the hub when it is over.
+    /// The receiver returned has every event from the first one on.
     pub(super) fn start(
         resource: SharedResource,
         call: Call,
         settings: HubSettings,
         cancel: CancellationToken,
         remove: impl FnOnce(&Arc<Shared>) + Send + 'static,
-    ) -> Arc<Self> {
-        let (live, _) = broadcast::channel(settings.viewer_lag.max(1));
+    ) -> (Arc<Self>, Receiver) {
+        let (live, first) = broadcast::channel(settings.viewer_lag.max(1));
         let shared = Arc::new(Self {
             state: Mutex::new(State { log: VecDeque::new(), live: Some(live), end: None, retrying: None }),
             viewers: watch::channel(0).0,
@@ -114,11 +118,18 @@ impl Shared {
             }
             remove(&driver);
         });
-        shared
+        (shared, first)
     }
 
     /// Attaches a viewer, waiting (up to the first-event wait) for the call's first events.
-    pub(super) async fn attach(self: &Arc<Self>, resume: Option<u64>, settings: &HubSettings) -> Attach {
+    /// A viewer that holds the receiver from [`Shared::start`] (the only viewer of a private
+    /// call) reads everything from it instead of from the log.
+    pub(super) async fn attach(
+        self: &Arc<Self>,
+        resume: Option<u64>,
+        settings: &HubSettings,
+        mut from_start: Option<Receiver>,
+    ) -> Attach {
         let mut changes = self.changed.subscribe();
         let deadline = Instant::now() + settings.first_event_wait;
         loop {
@@ -126,9 +137,9 @@ impl Shared {
                 let state = self.lock();
                 match state.end {
                     Some(End::Cancelled) => true,
-                    Some(_) => return self.attach_now(state, resume),
+                    Some(_) => return self.attach_now(state, resume, from_start.take()),
                     None if !state.log.is_empty() || Instant::now() >= deadline => {
-                        return self.attach_now(state, resume);
+                        return self.attach_now(state, resume, from_start.take());
                     }
                     None => false,
                 }
@@ -145,16 +156,24 @@ impl Shared {
         }
     }
 
-    fn attach_now(self: &Arc<Self>, state: MutexGuard<'_, State>, resume: Option<u64>) -> Attach {
+    fn attach_now(
+        self: &Arc<Self>,
+        state: MutexGuard<'_, State>,
+        resume: Option<u64>,
+        from_start: Option<Receiver>,
+    ) -> Attach {
         let (Some(first), Some(latest)) = (state.log.front(), state.log.back()) else {
             return match (&state.end, &state.retrying) {
                 (Some(End::Failed(error)), _) | (None, Some(error)) => Attach::Failed(error.clone()),
                 (Some(End::Terminal), _) => Attach::Failed(UpstreamError::ended_early()),
                 (Some(End::Cancelled), _) => Attach::Gone,
                 // Connected, but the upstream has not sent anything yet: stream what comes.
-                (None, None) => self.ready(&state, Vec::new(), resume.unwrap_or(0)),
+                (None, None) => self.ready(&state, Vec::new(), resume.unwrap_or(0), from_start),
             };
         };
+        if from_start.is_some() {
+            return self.ready(&state, Vec::new(), resume.unwrap_or(0), from_start);
+        }
         let finished = matches!(state.end, Some(End::Terminal));
         let backlog: Vec<_> = match resume {
             Some(after) if finished && after >= latest.id => return Attach::Ready(Subscription::Finished),
@@ -165,13 +184,19 @@ impl Shared {
         if let (Some(End::Failed(error)), true) = (&state.end, backlog.is_empty()) {
             return Attach::Failed(error.clone());
         }
-        self.ready(&state, backlog, resume.unwrap_or(0))
+        self.ready(&state, backlog, resume.unwrap_or(0), None)
     }
 
-    fn ready(self: &Arc<Self>, state: &State, backlog: Vec<Arc<StreamEvent>>, cursor: u64) -> Attach {
+    fn ready(
+        self: &Arc<Self>,
+        state: &State,
+        backlog: Vec<Arc<StreamEvent>>,
+        cursor: u64,
+        from_start: Option<Receiver>,
+    ) -> Attach {
         self.viewers.send_modify(|n| *n += 1);
         let guard = ViewerGuard(Arc::clone(self));
-        let live = state.live.as_ref().map(broadcast::Sender::subscribe);
+        let live = from_start.or_else(|| state.live.as_ref().map(broadcast::Sender::subscribe));
         Attach::Ready(Subscription::Live { reset: false, events: viewer::shared(guard, backlog, live, cursor) })
     }
 

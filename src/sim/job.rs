@@ -97,7 +97,8 @@ impl Job {
     }
 
     async fn play(&self, script: &Script, speed: f64) {
-        for step in &script.steps {
+        let played = script.steps.iter().flat_map(|step| std::iter::repeat_n(step, step.repeat as usize));
+        for step in played {
             tokio::time::sleep(step.delay(speed)).await;
             if let Some(error) = &step.grpc_error {
                 self.finish(Err(error.to_status()));

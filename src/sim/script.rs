@@ -68,6 +68,9 @@ pub struct Step {
     /// Delay before this step, at speed 1.
     #[serde(default)]
     pub after_ms: u64,
+    /// How many times the step is played (each one a new update after `after_ms`).
+    #[serde(default = "one")]
+    pub repeat: u32,
     /// `queued`, `running`, `completed` or `failed`; absent for an error step.
     #[serde(default)]
     pub status: Option<String>,
@@ -107,6 +110,10 @@ impl ScriptStatus {
     pub fn to_status(&self) -> tonic::Status {
         tonic::Status::new(code_from_name(&self.code), self.message.clone())
     }
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Step {

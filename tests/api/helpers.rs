@@ -59,8 +59,10 @@ pub struct TestApp {
 /// Options for a [`TestApp`], defaulting to the service's own defaults and a fast simulator.
 pub struct TestAppBuilder {
     speed: f64,
+    retain: u64,
     config: ServeConfig,
     start_sim: bool,
+    upstream: Option<SocketAddr>,
 }
 
 impl TestApp {
@@ -69,7 +71,7 @@ impl TestApp {
         let mut config = ServeConfig::with_upstream("http://127.0.0.1:1");
         config.auth.insecure_no_auth = false;
         config.auth.jwt_secret = Some(SECRET.to_owned());
-        TestAppBuilder { speed: 20.0, config, start_sim: true }
+        TestAppBuilder { speed: 20.0, retain: 1000, config, start_sim: true, upstream: None }
     }
 
     pub async fn spawn() -> Self {
@@ -146,6 +148,18 @@ impl TestAppBuilder {
         self
     }
 
+    /// Updates the simulator keeps per job for resuming calls.
+    pub fn sim_retain(mut self, updates: u64) -> Self {
+        self.retain = updates;
+        self
+    }
+
+    /// Points the BFF at another upstream (the in-process simulator still runs, unused).
+    pub fn upstream(mut self, addr: SocketAddr) -> Self {
+        self.upstream = Some(addr);
+        self
+    }
+
     /// Points the BFF at an address where nothing listens.
     pub fn without_sim(mut self) -> Self {
         self.start_sim = false;
@@ -155,7 +169,9 @@ impl TestAppBuilder {
     pub async fn spawn(self) -> TestApp {
         let sim_shutdown = CancellationToken::new();
         let fixtures = ["jobs", "scenarios"].map(fixture);
-        let sim = Sim::build(SimConfig::for_tests(fixtures.to_vec(), self.speed)).await.expect("sim builds");
+        let mut sim_config = SimConfig::for_tests(fixtures.to_vec(), self.speed);
+        sim_config.retain = self.retain;
+        let sim = Sim::build(sim_config).await.expect("sim builds");
         let sim_addr = sim.local_addr();
         let stats = sim.stats();
         if self.start_sim {
@@ -164,7 +180,7 @@ impl TestAppBuilder {
             drop(sim);
         }
         let mut config = self.config;
-        config.upstreams = vec![format!("http://{sim_addr}")];
+        config.upstreams = vec![format!("http://{}", self.upstream.unwrap_or(sim_addr))];
         let shutdown = CancellationToken::new();
         let app = App::build(config, shutdown.clone()).await.expect("app builds");
         let addr = app.local_addr();
@@ -251,18 +267,36 @@ fn init_logs() {
 /// The real `sse-bff` binary running as a child process, with its log collected.
 pub struct Binary {
     pub addr: SocketAddr,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     log: Arc<std::sync::Mutex<String>>,
 }
 
 impl Binary {
-    /// Starts `sse-bff serve` on an ephemeral port with extra arguments and waits until it
-    /// says where it listens.
+    /// Starts `sse-bff serve` on an ephemeral port with extra arguments.
     pub async fn serve(upstream: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let upstream = format!("http://{upstream}");
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--upstream", upstream.as_str()];
+        all.extend_from_slice(args);
+        Self::start(&all, env).await
+    }
+
+    /// Starts `sse-bff upstream-sim` on `listen` with the test fixtures.
+    pub async fn sim(listen: SocketAddr, speed: f64) -> Self {
+        let (listen, speed) = (listen.to_string(), speed.to_string());
+        let (jobs, scenarios) = (fixture("jobs"), fixture("scenarios"));
+        let args = ["upstream-sim", "--listen", &listen, "--speed", &speed, "--fixtures"];
+        let dirs = format!("{},{}", jobs.display(), scenarios.display());
+        let mut all: Vec<&str> = args.to_vec();
+        all.push(&dirs);
+        Self::start(&all, &[]).await
+    }
+
+    /// Runs the binary with JSON logs and waits until it says where it listens.
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         use tokio::io::AsyncBufReadExt as _;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sse-bff"))
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--upstream"])
-            .arg(format!("http://{upstream}"))
+            .arg("--log-format")
+            .arg("json")
             .args(args)
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
@@ -277,7 +311,7 @@ impl Binary {
                 log.lock().expect("log lock").push_str(&line);
                 log.lock().expect("log lock").push('\n');
                 let Ok(entry) = serde_json::from_str::<Value>(&line) else { continue };
-                if entry["message"] == "sse-bff listening" {
+                if entry["message"].as_str().is_some_and(|m| m.ends_with("listening")) {
                     return entry["addr"].as_str().and_then(|a| a.parse().ok());
                 }
             }
@@ -286,9 +320,7 @@ impl Binary {
         .await
         .ok()
         .flatten()
-        .unwrap_or_else(|| {
-            panic!("binary did not start listening ({:?}): {}", child.try_wait(), log.lock().expect("log lock"))
-        });
+        .unwrap_or_else(|| panic!("binary did not start listening: {}", log.lock().expect("log lock")));
         let sink = Arc::clone(&log);
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -297,7 +329,7 @@ impl Binary {
                 log.push('\n');
             }
         });
-        Self { addr, _child: child, log }
+        Self { addr, child, log }
     }
 
     /// Everything the binary logged so far.
@@ -308,4 +340,15 @@ impl Binary {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// SIGKILL: the process dies without closing anything gracefully.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr")
 }

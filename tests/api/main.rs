@@ -5,6 +5,8 @@
 mod errors;
 mod grpcurl;
 mod helpers;
+mod hub;
 mod lifecycle;
+mod representations;
 mod security;
 mod stream;

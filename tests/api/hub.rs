@@ -1,0 +1,199 @@
+//! Sharing one upstream call among viewers: fan-out, resume, upstream restarts, slow viewers,
+//! the end of a job, and who may share.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use reqwest::header::{HeaderMap, HeaderValue};
+use sse_bff::{hub::ShareScope, sse::Frame};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::helpers::{Binary, SseReader, TestApp, bearer, events, free_addr, token};
+
+fn ids(frames: &[Frame]) -> Vec<u64> {
+    events(frames).iter().filter_map(|(id, _, _)| id.as_deref()?.parse().ok()).collect()
+}
+
+fn resume_from(app: &TestApp, last: u64) -> HeaderMap {
+    let mut headers = bearer(&app.token);
+    headers.insert("last-event-id", HeaderValue::from(last));
+    headers
+}
+
+#[tokio::test]
+async fn fifty_viewers_of_one_document_cost_one_upstream_call() {
+    let app = TestApp::builder().speed(4.0).configure(|c| c.max_streams_per_user = 100).spawn().await;
+    let transcripts = join_all((0..50).map(|_| app.transcript("doc-2"))).await;
+    for frames in &transcripts {
+        assert_eq!(ids(frames), (1..=10).collect::<Vec<_>>(), "every viewer gets every update");
+    }
+    let first = events(&transcripts[0]);
+    assert!(transcripts.iter().all(|t| events(t) == first), "all viewers see the same events");
+    assert_eq!(app.sim.calls(), 1, "one upstream call for fifty viewers");
+}
+
+#[tokio::test]
+async fn a_late_joiner_starts_with_the_latest_update() {
+    let app = TestApp::builder().speed(4.0).spawn().await;
+    let mut early = SseReader::new(app.open_progress_with("slow", &resume_from(&app, 0)).await);
+    let mut seen = 0;
+    while seen < 3 {
+        let Some(Frame::Event { id, .. }) = early.next_event().await else { panic!("stream ended") };
+        seen = id.unwrap().parse().unwrap();
+    }
+    let mut late = SseReader::new(app.open_progress("slow").await);
+    let Some(Frame::Event { id, .. }) = late.next_event().await else { panic!("no event") };
+    let first: u64 = id.unwrap().parse().unwrap();
+    assert!(first == 3 || first == 4, "the latest update first, not the history: got {first}");
+    let Some(Frame::Event { id, .. }) = late.next_event().await else { panic!("no event") };
+    assert_eq!(id.unwrap().parse::<u64>().unwrap(), first + 1, "then live updates");
+    assert_eq!(app.sim.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_reconnect_with_last_event_id_loses_and_repeats_nothing() {
+    let app = TestApp::builder().speed(4.0).spawn().await;
+    let mut first = SseReader::new(app.open_progress_with("doc-2", &resume_from(&app, 0)).await);
+    let mut received = Vec::new();
+    while received.len() < 4 {
+        if let Some(Frame::Event { id, .. }) = first.next_event().await {
+            received.push(id.unwrap().parse::<u64>().unwrap());
+        }
+    }
+    drop(first);
+    let last = *received.last().unwrap();
+    let rest = SseReader::new(app.open_progress_with("doc-2", &resume_from(&app, last)).await).read_to_end().await;
+    received.extend(ids(&rest));
+    assert_eq!(received, (1..=10).collect::<Vec<_>>(), "the union of both connections is exactly 1..=10");
+}
+
+#[tokio::test]
+async fn an_upstream_restart_is_invisible_to_the_viewer() {
+    let sim_addr = free_addr();
+    let sim = Binary::sim(sim_addr, 8.0).await;
+    let app = TestApp::builder().upstream(sim_addr).spawn().await;
+    let mut reader = SseReader::new(app.open_progress_with("slow", &resume_from(&app, 0)).await);
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        if let Some(Frame::Event { id, .. }) = reader.next_event().await {
+            received.push(id.unwrap().parse::<u64>().unwrap());
+        }
+    }
+    sim.kill().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _restarted = Binary::sim(sim_addr, 8.0).await;
+    while received.len() < 8 {
+        match reader.next().await {
+            Some(Frame::Event { id, event, data }) => {
+                assert_eq!(event, "progress", "no error reaches the viewer: {data}");
+                received.push(id.unwrap().parse::<u64>().unwrap());
+            }
+            Some(_) => {}
+            None => panic!("the stream ended after {received:?}"),
+        }
+    }
+    assert_eq!(received, (1..=8).collect::<Vec<_>>(), "one continuous, gap-free sequence");
+}
+
+#[tokio::test]
+async fn a_stalled_viewer_neither_delays_others_nor_misses_the_end() {
+    let app = TestApp::spawn().await;
+    // A viewer with a tiny receive window that reads nothing until the job is over.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /documents/firehose/progress?lastEventId=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.token
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let frames = app.transcript("firehose").await;
+    let reader_ids = ids(&frames);
+    assert_eq!(reader_ids, (1..=301).collect::<Vec<_>>(), "the reading viewer gets every update");
+    assert!(started.elapsed() < Duration::from_secs(8), "and is not held back by the stalled one");
+
+    let mut body = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut body)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&body);
+    let stalled_ids: Vec<u64> =
+        text.lines().filter_map(|l| l.strip_prefix("id: ")).filter_map(|id| id.parse().ok()).collect();
+    assert_eq!(stalled_ids.last(), Some(&301), "the terminal event is never dropped");
+    assert!(stalled_ids.len() < 301, "the stalled viewer was conflated, not buffered: {} events", stalled_ids.len());
+    assert!(stalled_ids.windows(2).all(|w| w[0] < w[1]), "still in order");
+}
+
+#[tokio::test]
+async fn a_viewer_that_never_reads_is_dropped_after_the_stall_timeout() {
+    let app = TestApp::builder().configure(|c| c.stall_timeout = Duration::from_millis(500)).spawn().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /documents/flood/progress?lastEventId=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.token
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    // A 32 MB flood fills both socket buffers within a second; the server gives up half a
+    // second after its writes block, long before the flood is over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut body = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut chunk = vec![0; 1 << 16];
+        loop {
+            match stalled.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server closed the connection instead of waiting for the reader");
+    assert!(!String::from_utf8_lossy(&body).contains("event: completed"), "the job was still running");
+}
+
+#[tokio::test]
+async fn a_reconnect_after_the_end_is_204_from_the_kept_log() {
+    let app = TestApp::spawn().await;
+    assert_eq!(ids(&app.transcript("doc-1").await).last(), Some(&10));
+    for last in [10, 11, 99_999] {
+        let response = app.open_progress_with("doc-1", &resume_from(&app, last)).await;
+        assert_eq!(response.status(), 204, "Last-Event-ID {last}");
+    }
+    let rest = SseReader::new(app.open_progress_with("doc-1", &resume_from(&app, 7)).await).read_to_end().await;
+    assert_eq!(ids(&rest), [8, 9, 10], "a late reconnect gets what it missed");
+    assert_eq!(app.sim.calls(), 1, "all answered from the kept log");
+}
+
+#[tokio::test]
+async fn a_resume_point_nobody_keeps_starts_with_reset_then_the_current_state() {
+    let app = TestApp::builder().sim_retain(3).configure(|c| c.replay_log = 2).spawn().await;
+    assert_eq!(ids(&app.transcript("doc-1").await).last(), Some(&10));
+
+    let frames = SseReader::new(app.open_progress_with("doc-1", &resume_from(&app, 2)).await).read_to_end().await;
+    let names: Vec<String> = events(&frames).into_iter().map(|(_, name, _)| name).collect();
+    assert_eq!(names, ["reset", "completed"], "{frames:?}");
+    assert_eq!(ids(&frames), [10]);
+
+    // Older than the BFF's log but still kept upstream: its own upstream call, no reset.
+    let frames = SseReader::new(app.open_progress_with("doc-1", &resume_from(&app, 7)).await).read_to_end().await;
+    assert_eq!(ids(&frames), [8, 9, 10]);
+    assert!(events(&frames).iter().all(|(_, name, _)| name != "reset"));
+    assert_eq!(app.sim.seen().last().map(|c| c.resume_after), Some(7), "resumed upstream with resume_after");
+}
+
+#[tokio::test]
+async fn sharing_is_per_user_by_default_and_per_tenant_when_chosen() {
+    for (scope, expected) in [(ShareScope::User, 2), (ShareScope::Tenant, 1)] {
+        let app = TestApp::builder().speed(4.0).configure(|c| c.share_scope = scope).spawn().await;
+        let alice = app.open_progress_as("doc-2", &token("alice", "acme")).await;
+        let bob = app.open_progress_as("doc-2", &token("bob", "acme")).await;
+        let (mut alice, mut bob) = (SseReader::new(alice), SseReader::new(bob));
+        assert!(alice.next_event().await.is_some() && bob.next_event().await.is_some());
+        assert_eq!(app.sim.calls(), expected, "{scope:?}");
+        let carol = app.open_progress_as("report-q3", &token("carol", "globex")).await;
+        assert_eq!(carol.status(), 200);
+        assert_eq!(app.sim.calls(), expected + 1, "another tenant never shares");
+    }
+}
