@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::health_client::HealthClient;
@@ -77,6 +78,10 @@ impl App {
             health_service: "docproc.v1.DocumentProcessor",
             auth,
             limits: StreamLimits::new(config.max_streams, config.max_streams_per_user),
+            demo_cookie: config.demo_token.as_deref().and_then(|token| {
+                let cookie = &config.auth.auth_cookie;
+                HeaderValue::from_str(&format!("{cookie}={token}; Path=/; HttpOnly; SameSite=Strict")).ok()
+            }),
         };
         let edge =
             EdgeSettings { cors_origins: config.cors_origins.clone(), max_header_bytes: config.max_header_bytes };

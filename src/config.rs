@@ -117,6 +117,9 @@ pub struct ServeConfig {
     /// Token verification.
     #[command(flatten)]
     pub auth: AuthConfig,
+    /// Set by `demo` only: the demo user's token, handed to the demo page as a cookie.
+    #[arg(skip)]
+    pub demo_token: Option<String>,
 }
 
 impl ServeConfig {

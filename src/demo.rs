@@ -27,9 +27,9 @@ pub struct DemoConfig {
 
 /// Runs both until `shutdown` is cancelled.
 pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let sim =
-        Sim::build(SimConfig { listen: config.sim_listen, fixtures: Vec::new(), speed: config.speed, retain: 1000 })
-            .await?;
+    let mut sim_config = SimConfig::new(Vec::new(), config.speed);
+    sim_config.listen = config.sim_listen;
+    let sim = Sim::build(sim_config).await?;
     let sim_addr = sim.local_addr();
     // A fresh key per run: tokens printed by one demo never work against another.
     let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
@@ -46,6 +46,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
         issuer: None,
         audience: None,
     })?;
+    serve.demo_token = Some(token.clone());
     let app = App::build(serve, shutdown.clone()).await?;
     print_banner(app.local_addr(), sim_addr, &token);
     let sim_task = tokio::spawn(sim.run(shutdown.clone()));
@@ -60,6 +61,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
 fn print_banner(http: SocketAddr, grpc: SocketAddr, token: &str) {
     println!(
         "\nsse-bff demo is running (user alice, tenant acme; token valid 8 h).\n\n\
+         Open the admin-portal demo page: http://{http}/\n\n\
          Watch a document being processed (Ctrl-C to stop):\n\n  \
          curl -N -H 'Authorization: Bearer {token}' http://{http}/documents/doc-1/progress\n\n\
          Call the simulated upstream directly:\n\n  \

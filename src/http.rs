@@ -3,6 +3,7 @@
 mod error;
 mod health;
 mod limits;
+mod pages;
 mod progress;
 mod representation;
 mod stream;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Open-stream limits.
     pub limits: Arc<StreamLimits>,
+    /// `Set-Cookie` for the demo page under `sse-bff demo` (the demo user's token).
+    pub demo_cookie: Option<HeaderValue>,
 }
 
 /// Edge settings of the layer stack.
@@ -65,6 +68,8 @@ pub struct EdgeSettings {
 pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
     let routes = Router::new()
         .route(crate::upstream::DocumentProgress::ROUTE, get(progress::progress))
+        .route("/", get(pages::index))
+        .route("/client.js", get(pages::client))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)

@@ -47,12 +47,26 @@ pub struct SimConfig {
     /// How many updates per job are kept for resuming calls; older resume points get OUT_OF_RANGE.
     #[arg(long, env = "SSE_BFF_SIM_RETAIN", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retain: u64,
+    /// Adds the endless `steady` job with this many updates per second (0: none), for load tests.
+    #[arg(long, env = "SSE_BFF_SIM_STEADY_RATE", default_value_t = 0.0)]
+    pub steady_rate: f64,
+    /// Message size of the `steady` job's updates, in bytes.
+    #[arg(long, env = "SSE_BFF_SIM_STEADY_MESSAGE_BYTES", default_value_t = 64)]
+    pub steady_message_bytes: usize,
 }
 
 impl SimConfig {
-    /// A simulator on an ephemeral loopback port playing the given fixture directories.
-    pub fn for_tests(fixtures: Vec<PathBuf>, speed: f64) -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), fixtures, speed, retain: 1000 }
+    /// A simulator on an ephemeral loopback port playing the given fixture directories (the
+    /// built-in ones when empty), with the defaults of every other flag.
+    pub fn new(fixtures: Vec<PathBuf>, speed: f64) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            fixtures,
+            speed,
+            retain: 1000,
+            steady_rate: 0.0,
+            steady_message_bytes: 64,
+        }
     }
 }
 
@@ -95,7 +109,10 @@ pub struct Sim {
 impl Sim {
     /// Loads the scripts and binds the listen address.
     pub async fn build(config: SimConfig) -> Result<Self, SimError> {
-        let scripts = script::load(&config.fixtures)?;
+        let mut scripts = script::load(&config.fixtures)?;
+        if config.steady_rate > 0.0 {
+            scripts.insert("steady".to_owned(), Script::steady(config.steady_rate, config.steady_message_bytes));
+        }
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| SimError::Bind { addr: config.listen, source })?;
         let service = SimService {
@@ -172,7 +189,7 @@ impl Inner {
     /// cannot probe which ids exist (AIP-193). Without one (a BFF running without auth), any
     /// document is visible and unknown ones are NOT_FOUND.
     fn authorize(&self, document_id: &str, tenant: Option<&str>) -> Result<&Script, Status> {
-        let script = self.scripts.get(document_id);
+        let script = self.script_for(document_id);
         match (script, tenant) {
             (Some(script), Some(tenant)) if script.tenant.as_deref().is_none_or(|owner| owner == tenant) => Ok(script),
             (_, Some(_)) => {
@@ -183,12 +200,22 @@ impl Inner {
         }
     }
 
+    /// The script of a document: the one named exactly so, else the one named by the part
+    /// before the first `.` (`doc-1.a7f3` plays `doc-1` as a job of its own), so demos and load
+    /// tests can start as many fresh jobs as they like.
+    fn script_for(&self, document_id: &str) -> Option<&Script> {
+        self.scripts.get(document_id).or_else(|| {
+            let (base, _) = document_id.split_once('.')?;
+            self.scripts.get(base)
+        })
+    }
+
     /// The running (or finished) job of a document, started on the first call.
-    fn job(&self, script: &Script) -> Arc<Job> {
+    fn job(&self, document_id: &str, script: &Script) -> Arc<Job> {
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        let job = jobs
-            .entry(script.document_id.clone())
-            .or_insert_with(|| Job::start(script.clone(), self.speed, self.retain, self.shutdown.child_token()));
+        let job = jobs.entry(document_id.to_owned()).or_insert_with(|| {
+            Job::start(document_id.to_owned(), script.clone(), self.speed, self.retain, self.shutdown.child_token())
+        });
         Arc::clone(job)
     }
 }
@@ -210,7 +237,7 @@ impl DocumentProcessor for SimService {
         if let Some(reject) = &script.reject {
             return Err(reject.to_status());
         }
-        let job = inner.job(script);
+        let job = inner.job(&request.document_id, script);
         if !job.can_resume_after(request.resume_after) {
             return Err(Status::out_of_range(format!(
                 "resume_after {} is older than the updates still kept",

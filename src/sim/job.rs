@@ -41,13 +41,19 @@ struct Batch {
 
 impl Job {
     /// Starts playing `script` in the background at `speed`, keeping at most `retain` updates.
-    pub fn start(script: Script, speed: f64, retain: usize, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn start(
+        document_id: String,
+        script: Script,
+        speed: f64,
+        retain: usize,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let (version, _) = watch::channel(0);
         let job = Arc::new(Self { state: Mutex::new(JobState::default()), version, retain: retain.max(1) });
         let runner = Arc::clone(&job);
         tokio::spawn(async move {
             tokio::select! {
-                () = runner.play(&script, speed) => {}
+                () = runner.play(&document_id, &script, speed) => {}
                 () = shutdown.cancelled() => {}
             }
         });
@@ -96,10 +102,13 @@ impl Job {
         Batch { updates, end: state.end.clone() }
     }
 
-    async fn play(&self, script: &Script, speed: f64) {
+    async fn play(&self, document_id: &str, script: &Script, speed: f64) {
         let played = script.steps.iter().flat_map(|step| std::iter::repeat_n(step, step.repeat as usize));
+        // Deadlines from the start, not sleeps after each step, keep steady rates exact.
+        let mut next = tokio::time::Instant::now();
         for step in played {
-            tokio::time::sleep(step.delay(speed)).await;
+            next += step.delay(speed);
+            tokio::time::sleep_until(next).await;
             if let Some(error) = &step.grpc_error {
                 self.finish(Err(error.to_status()));
                 return;
@@ -114,7 +123,7 @@ impl Job {
             };
             let terminal = matches!(status, ProcessingStatus::Completed | ProcessingStatus::Failed);
             self.push(|sequence| ProcessingUpdate {
-                document_id: script.document_id.clone(),
+                document_id: document_id.to_owned(),
                 sequence,
                 status: status.into(),
                 progress_percent: step.percent,

@@ -65,9 +65,9 @@ pub struct Script {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// Delay before this step, at speed 1.
+    /// Delay before this step in milliseconds, at speed 1.
     #[serde(default)]
-    pub after_ms: u64,
+    pub after_ms: f64,
     /// How many times the step is played (each one a new update after `after_ms`).
     #[serde(default = "one")]
     pub repeat: u32,
@@ -119,7 +119,7 @@ fn one() -> u32 {
 impl Step {
     /// The delay before this step at the given speed factor.
     pub fn delay(&self, speed: f64) -> Duration {
-        Duration::from_millis(self.after_ms).div_f64(speed)
+        Duration::try_from_secs_f64(self.after_ms / 1000.0 / speed).unwrap_or(Duration::ZERO)
     }
 
     /// The message with any padding the script asks for.
@@ -131,6 +131,31 @@ impl Step {
             }
         }
         message
+    }
+}
+
+impl Script {
+    /// An endless job for load tests: `rate` updates per second (at speed 1) with messages of
+    /// `message_bytes`, visible to every tenant, named `steady` (so `steady.1`, `steady.2`, ...
+    /// are separate jobs).
+    pub fn steady(rate: f64, message_bytes: usize) -> Self {
+        let update = |after_ms: f64, repeat: u32| Step {
+            after_ms,
+            repeat,
+            status: Some("running".to_owned()),
+            percent: 50,
+            stage: "steady".to_owned(),
+            message: "x".to_owned(),
+            message_min_bytes: message_bytes,
+            error_code: String::new(),
+            grpc_error: None,
+        };
+        Self {
+            document_id: "steady".to_owned(),
+            tenant: None,
+            reject: None,
+            steps: vec![update(0.0, 1), update(1000.0 / rate, u32::MAX)],
+        }
     }
 }
 

@@ -169,7 +169,7 @@ impl TestAppBuilder {
     pub async fn spawn(self) -> TestApp {
         let sim_shutdown = CancellationToken::new();
         let fixtures = ["jobs", "scenarios"].map(fixture);
-        let mut sim_config = SimConfig::for_tests(fixtures.to_vec(), self.speed);
+        let mut sim_config = SimConfig::new(fixtures.to_vec(), self.speed);
         sim_config.retain = self.retain;
         let sim = Sim::build(sim_config).await.expect("sim builds");
         let sim_addr = sim.local_addr();
