@@ -12,6 +12,7 @@ use crate::{
     config::ServeConfig,
     http::{self, AppState, EdgeSettings, StreamLimits, StreamSettings},
     hub::Hub,
+    metrics::Metrics,
     net::GuardedListener,
     upstream::{ChannelError, DocumentProgress, UpstreamChannel},
 };
@@ -62,10 +63,11 @@ impl App {
                 "AUTHENTICATION IS DISABLED (--insecure-no-auth): every stream is anonymous; never run this way in production"
             );
         }
+        let metrics = Arc::new(Metrics::default());
         let state = AppState {
             progress: Hub::new(
                 Arc::new(DocumentProgress::new(channel.clone())),
-                config.hub_settings(),
+                config.hub_settings(Arc::clone(&metrics)),
                 shutdown.clone(),
             ),
             stream: StreamSettings {
@@ -78,6 +80,7 @@ impl App {
             health_service: "docproc.v1.DocumentProcessor",
             auth,
             limits: StreamLimits::new(config.max_streams, config.max_streams_per_user),
+            metrics,
             demo_cookie: config.demo_token.as_deref().and_then(|token| {
                 let cookie = &config.auth.auth_cookie;
                 HeaderValue::from_str(&format!("{cookie}={token}; Path=/; HttpOnly; SameSite=Strict")).ok()

@@ -74,37 +74,27 @@ pub struct Principal {
 }
 
 /// Why a request was not authenticated. Logged and counted, never shown to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
     /// No token in any accepted place.
-    #[error("missing")]
     Missing,
     /// Not a well-formed bearer credential or JWT.
-    #[error("malformed")]
     Malformed,
     /// The `alg` is not one the configured keys allow.
-    #[error("algorithm_not_allowed")]
     AlgorithmNotAllowed,
     /// No configured key has the token's `kid`.
-    #[error("unknown_key")]
     UnknownKey,
     /// The signature does not verify.
-    #[error("bad_signature")]
     BadSignature,
     /// `exp` has passed.
-    #[error("expired")]
     Expired,
     /// `nbf` is in the future.
-    #[error("not_yet_valid")]
     NotYetValid,
     /// `iss` is not the configured issuer.
-    #[error("wrong_issuer")]
     WrongIssuer,
     /// `aud` is not accepted.
-    #[error("wrong_audience")]
     WrongAudience,
     /// A required claim (`exp`, `sub`, the tenant) is missing or unusable.
-    #[error("bad_claims")]
     BadClaims,
 }
 
@@ -129,6 +119,32 @@ pub struct Verifier {
     cookie: String,
     allow_query: bool,
 }
+
+impl AuthFailure {
+    /// The reason as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::BadClaims => "bad_claims",
+        }
+    }
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl std::error::Error for AuthFailure {}
 
 impl Authenticator {
     /// Builds the authenticator, loading keys. Exactly one key source, or the explicit

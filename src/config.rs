@@ -5,12 +5,15 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use std::sync::Arc;
+
 use axum::http::HeaderValue;
 
 use crate::{
     auth::{AuthConfig, TokenConfig},
     demo::DemoConfig,
     hub::{HubSettings, ShareScope},
+    metrics::Metrics,
     sim::SimConfig,
 };
 
@@ -108,6 +111,9 @@ pub struct ServeConfig {
     /// Events a viewer may fall behind before it skips to the latest update.
     #[arg(long, env = "SSE_BFF_VIEWER_LAG", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub viewer_lag: u64,
+    /// An upstream call that sends nothing for this long counts as broken and is resumed.
+    #[arg(long, env = "SSE_BFF_UPSTREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub upstream_idle_timeout: Duration,
     /// How long transient upstream failures are retried (resuming) before viewers see an error.
     #[arg(long, env = "SSE_BFF_RETRY_BUDGET", default_value = "30s", value_parser = parse_duration)]
     pub retry_budget: Duration,
@@ -123,8 +129,8 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// The hub's part of the configuration.
-    pub fn hub_settings(&self) -> HubSettings {
+    /// The hub's part of the configuration, reporting to `metrics`.
+    pub fn hub_settings(&self, metrics: Arc<Metrics>) -> HubSettings {
         HubSettings {
             first_event_wait: self.first_event_wait,
             linger: self.linger,
@@ -132,7 +138,9 @@ impl ServeConfig {
             replay: usize::try_from(self.replay_log).unwrap_or(usize::MAX),
             viewer_lag: usize::try_from(self.viewer_lag).unwrap_or(usize::MAX),
             retry_budget: self.retry_budget,
+            idle_timeout: self.upstream_idle_timeout,
             share_scope: self.share_scope,
+            metrics,
         }
     }
 

@@ -32,7 +32,7 @@ pub use limits::StreamLimits;
 pub use progress::{last_event_id, valid_document_id};
 pub use stream::StreamSettings;
 
-use crate::{auth::Authenticator, hub::Hub};
+use crate::{auth::Authenticator, hub::Hub, metrics::Metrics};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -51,6 +51,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Open-stream limits.
     pub limits: Arc<StreamLimits>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
     /// `Set-Cookie` for the demo page under `sse-bff demo` (the demo user's token).
     pub demo_cookie: Option<HeaderValue>,
 }
@@ -72,6 +74,7 @@ pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
         .route("/client.js", get(pages::client))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .with_state(state);
     // `Router::layer` wraps what is already there, so the last layer added is the outermost:

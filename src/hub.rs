@@ -21,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 pub use viewer::{Delivery, ViewerStream};
 
 use self::shared::Shared;
-use crate::upstream::{Call, SharedResource, UpstreamError};
+use crate::{
+    metrics::Metrics,
+    upstream::{Call, SharedResource, UpstreamError},
+};
 
 /// Who may share an upstream call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,8 +50,12 @@ pub struct HubSettings {
     pub viewer_lag: usize,
     /// How long transient upstream failures are retried before viewers see an error.
     pub retry_budget: Duration,
+    /// An upstream call that sends nothing for this long counts as broken and is resumed.
+    pub idle_timeout: Duration,
     /// Who shares an upstream call.
     pub share_scope: ShareScope,
+    /// Where the hub reports upstream calls, viewers and replays.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What identifies a shared upstream call. It always holds the route, the resource and the
@@ -121,11 +128,19 @@ impl Hub {
         loop {
             let shared = self.shared(&key, &call);
             match shared.attach(resume, &self.inner.settings, None).await {
-                shared::Attach::Ready(subscription) => return Ok(subscription),
+                shared::Attach::Ready(subscription) => {
+                    if resume.is_some() {
+                        self.inner.settings.metrics.replay(true);
+                    }
+                    return Ok(subscription);
+                }
                 shared::Attach::Failed(error) => return Err(error),
                 // The call ended while we attached (it was being removed): start a new one.
                 shared::Attach::Gone => continue,
-                shared::Attach::NeedsPrivateCall(after) => return self.private(call, after).await,
+                shared::Attach::NeedsPrivateCall(after) => {
+                    self.inner.settings.metrics.replay(false);
+                    return self.private(call, after).await;
+                }
             }
         }
     }

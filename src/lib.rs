@@ -11,6 +11,7 @@ pub mod demo;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod net;
 pub mod pb;
 pub mod sim;

@@ -84,6 +84,29 @@ impl UpstreamError {
         Self { code, message }
     }
 
+    /// The gRPC code in snake case (`unavailable`, `not_found`, ...), as clients and metrics see it.
+    pub fn code_name(&self) -> &'static str {
+        match self.code {
+            Code::Ok => "ok",
+            Code::Cancelled => "cancelled",
+            Code::Unknown => "unknown",
+            Code::InvalidArgument => "invalid_argument",
+            Code::DeadlineExceeded => "deadline_exceeded",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::PermissionDenied => "permission_denied",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::Aborted => "aborted",
+            Code::OutOfRange => "out_of_range",
+            Code::Unimplemented => "unimplemented",
+            Code::Internal => "internal",
+            Code::Unavailable => "unavailable",
+            Code::DataLoss => "data_loss",
+            Code::Unauthenticated => "unauthenticated",
+        }
+    }
+
     /// The upstream ended its stream with OK before sending a terminal update.
     pub fn ended_early() -> Self {
         Self::new(Code::Unavailable, "upstream ended the stream before the job finished")

@@ -1,1 +1,272 @@
-export function watchProgress() {}
+/**
+ * Browser client for sse-bff progress streams.
+ *
+ * `watchProgress(url, handlers)` follows one document: over EventSource while that works, over
+ * the long-poll representation (`Accept: application/json`) when the browser has no
+ * EventSource or the stream keeps failing. Every update reaches `onUpdate` once, in sequence
+ * order. An ES module without dependencies: `import { watchProgress } from '/client.js'`.
+ *
+ * @module client
+ */
+
+/**
+ * One progress update: the `data` of a `progress`, `completed` or `failed` event.
+ * @typedef {object} Update
+ * @property {string} documentId
+ * @property {number} sequence 1, 2, 3, ... per document, gap-free
+ * @property {'queued'|'running'|'completed'|'failed'} status
+ * @property {number} percent 0 to 100, never decreasing
+ * @property {string} stage e.g. `parsing`, `embedding`
+ * @property {string} message any text, may contain newlines: render it as text, never as HTML
+ * @property {string} emittedAt RFC 3339 UTC
+ * @property {string} [errorCode] set when `status` is `failed`, e.g. `UNSUPPORTED_FORMAT`
+ */
+
+/**
+ * A failure the server reported: the data of `event: error`, or a problem+json body.
+ * @typedef {object} ServerError
+ * @property {string} code e.g. `unauthorized`, `permission_denied`, `unavailable`
+ * @property {string} message
+ * @property {boolean} retryable
+ * @property {number} [httpStatus]
+ * @property {number} [grpcStatus]
+ */
+
+/** @typedef {'connecting'|'live'|'reconnecting'|'polling'|'closed'} ConnectionState */
+
+const TERMINAL = new Set(['completed', 'failed']);
+const UPDATE_EVENTS = ['progress', 'completed', 'failed'];
+const EVENTSOURCE_CLOSED = 2;
+const MAX_BACKOFF_SECONDS = 15;
+
+/**
+ * Watches the progress of one document until it completes or fails, or until `close()`.
+ *
+ * @param {string|URL} url the progress resource, e.g. `/documents/doc-1/progress`; another
+ *   origin works when the BFF lists this page's origin in `--cors-origin`
+ * @param {object} [options]
+ * @param {(update: Update) => void} [options.onUpdate] each update, once, in sequence order
+ * @param {(update: Update|null) => void} [options.onDone] the terminal update; the watch is closed
+ * @param {(error: ServerError) => void} [options.onError] a failure that retrying cannot fix
+ *   (no token, forbidden, not found, ...); the watch is closed
+ * @param {(state: ConnectionState) => void} [options.onState] each change of connection state
+ * @param {boolean} [options.withCredentials=true] send cookies: the BFF reads the token from one
+ * @param {number} [options.fallbackAfter=3] consecutive stream failures (no open, no event in
+ *   between) before switching to long-polling
+ * @param {number} [options.pollWait=25] seconds one long-poll request may wait (server max 60)
+ * @param {number} [options.streamRetryAfter=30] seconds between attempts, while polling, to go
+ *   back to EventSource
+ * @returns {{close(): void}} stops watching; `onDone` is not called
+ */
+export function watchProgress(url, {
+  onUpdate, onDone, onError, onState, withCredentials = true,
+  fallbackAfter = 3, pollWait = 25, streamRetryAfter = 30,
+} = {}) {
+  const hasEventSource = typeof EventSource !== 'undefined';
+  let last = 0; // the highest sequence delivered
+  let latest = null; // the update that carried it
+  let rebase = false; // after a `reset`, the next update is the new baseline whatever its sequence
+  let state = null;
+  let closed = false;
+  let failures = 0; // consecutive EventSource errors without an open or an event in between
+  let source = null; // the EventSource in use
+  let probe = null; // while polling, an EventSource trying to take over
+  let probeTimer = 0;
+  let poller = null; // aborts the long-poll loop
+
+  const setState = (next) => {
+    if (next !== state) {
+      state = next;
+      onState?.(next);
+    }
+  };
+
+  /** Delivers an update unless it was delivered already (a resume may repeat one). */
+  function deliver(update) {
+    if (closed || (!rebase && update.sequence <= last)) return;
+    rebase = false;
+    last = update.sequence;
+    latest = update;
+    onUpdate?.(update);
+    if (TERMINAL.has(update.status)) finish(() => onDone?.(update));
+  }
+
+  /** Stops everything, reports `closed`, then tells the caller why. */
+  function finish(notify) {
+    if (closed) return;
+    closed = true;
+    source?.close();
+    probe?.close();
+    source = probe = null;
+    clearTimeout(probeTimer);
+    poller?.abort();
+    poller = null;
+    setState('closed');
+    notify?.();
+  }
+
+  /** The resource URL with extra query parameters. */
+  function resource(params) {
+    const target = new URL(url, globalThis.location?.href);
+    for (const [name, value] of Object.entries(params)) target.searchParams.set(name, String(value));
+    return target;
+  }
+
+  /**
+   * Opens an EventSource that continues after the last delivered sequence. On a first connect
+   * the BFF takes the resume point from `?lastEventId=`; EventSource's own reconnects send
+   * `Last-Event-ID`, which the BFF prefers.
+   */
+  function open() {
+    const es = new EventSource(resource(last > 0 ? { lastEventId: last } : {}), { withCredentials });
+    const onEvent = (event) => {
+      if (es !== source) return;
+      failures = 0;
+      deliver(JSON.parse(event.data));
+    };
+    for (const name of UPDATE_EVENTS) es.addEventListener(name, onEvent);
+    es.addEventListener('reset', () => {
+      if (es === source) rebase = true;
+    });
+    es.addEventListener('open', () => {
+      if (es === probe) {
+        // The stream works again: it takes over from the long-poll loop.
+        probe = null;
+        poller?.abort();
+        poller = null;
+        source = es;
+      }
+      if (es !== source) return;
+      failures = 0;
+      setState('live');
+    });
+    // A server-sent `event: error` is a MessageEvent with data; a transport error has none.
+    es.addEventListener('error', (event) => {
+      if (typeof event.data === 'string') serverError(es, event.data);
+      else transportError(es);
+    });
+    return es;
+  }
+
+  /** `event: error` from the BFF; the response ends right after it. */
+  function serverError(es, data) {
+    if (es !== source) return;
+    const error = JSON.parse(data);
+    // A retryable error (upstream down, token expired) is retried by EventSource itself,
+    // resuming with Last-Event-ID.
+    if (error.retryable) setState('reconnecting');
+    else finish(() => onError?.(error));
+  }
+
+  /** The connection failed or ended before the terminal event. */
+  function transportError(es) {
+    if (closed) return;
+    if (es === probe) {
+      probe.close();
+      probe = null;
+      scheduleProbe();
+      return;
+    }
+    if (es !== source) return;
+    // CLOSED: EventSource gave up by itself (an HTTP error status, or 204 because the job is
+    // over). The long-poll answer says which, with a readable body.
+    failures += 1;
+    if (es.readyState === EVENTSOURCE_CLOSED || failures >= fallbackAfter) startPolling();
+    else setState('reconnecting');
+  }
+
+  function startPolling() {
+    source?.close();
+    source = null;
+    if (closed || poller) return;
+    poller = new AbortController();
+    setState('polling');
+    pollLoop(poller.signal);
+    scheduleProbe();
+  }
+
+  function scheduleProbe() {
+    if (!hasEventSource || closed) return;
+    clearTimeout(probeTimer);
+    probeTimer = setTimeout(() => {
+      if (!closed && poller && !probe) probe = open();
+    }, streamRetryAfter * 1000);
+  }
+
+  /** Long-polls `?after=<cursor>&wait=` until the job ends, the stream takes over, or close(). */
+  async function pollLoop(signal) {
+    // Like a new EventSource viewer: without a resume point, ask for the latest update first.
+    let cursor = last > 0 ? last : null;
+    let askedLatest = false;
+    let backoff = 1;
+    while (!signal.aborted && !closed) {
+      const params = cursor === null ? { wait: pollWait } : { after: cursor, wait: pollWait };
+      let response;
+      let body;
+      try {
+        response = await fetch(resource(params), {
+          headers: { Accept: 'application/json' },
+          credentials: withCredentials ? 'include' : 'same-origin',
+          cache: 'no-store',
+          signal,
+        });
+        body = await response.json().catch(() => ({}));
+      } catch {
+        // The BFF is unreachable (restarting, network down) or the loop was aborted.
+        await sleep(backoff, signal);
+        backoff = Math.min(backoff * 2, MAX_BACKOFF_SECONDS);
+        continue;
+      }
+      if (signal.aborted || closed) return;
+      if (!response.ok) {
+        const error = {
+          code: `http_${response.status}`,
+          message: response.statusText,
+          retryable: response.status === 429 || response.status >= 500,
+          httpStatus: response.status,
+          ...body,
+        };
+        if (!error.retryable) return finish(() => onError?.(error));
+        await sleep(Number(response.headers.get('Retry-After')) || backoff, signal);
+        backoff = Math.min(backoff * 2, MAX_BACKOFF_SECONDS);
+        continue;
+      }
+      backoff = 1;
+      if (body.reset) rebase = true;
+      for (const update of body.events ?? []) deliver(update);
+      if (closed || signal.aborted) return;
+      if (response.status === 204 || body.done) {
+        // Over, but the terminal update was not seen here (it came before `after`): the
+        // latest update is the terminal one.
+        if (!askedLatest && !TERMINAL.has(latest?.status)) {
+          askedLatest = true;
+          cursor = null;
+          continue;
+        }
+        return finish(() => onDone?.(latest));
+      }
+      cursor = body.lastEventId ?? last;
+    }
+  }
+
+  if (hasEventSource) {
+    setState('connecting');
+    source = open();
+  } else {
+    startPolling();
+  }
+  return { close: () => finish() };
+}
+
+/** Resolves after `seconds`, or at once when `signal` aborts. */
+function sleep(seconds, signal) {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, seconds * 1000);
+    signal.addEventListener('abort', done);
+  });
+}

@@ -1,5 +1,5 @@
-//! `GET /healthz` (the process is alive) and `GET /readyz` (the upstream answers its
-//! grpc.health.v1 check and the service is not shutting down).
+//! Operations endpoints: `GET /healthz` (the process is alive), `GET /readyz` (the upstream
+//! answers its grpc.health.v1 check and the service is not shutting down), `GET /metrics`.
 
 use std::time::Duration;
 
@@ -10,6 +10,12 @@ use super::{ApiError, AppState};
 
 /// How long the readiness probe waits for the upstream.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Prometheus exposition (OpenMetrics text).
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], state.metrics.render())
+}
 
 /// Always 200 while the process runs.
 pub async fn healthz() -> impl IntoResponse {

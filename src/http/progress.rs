@@ -1,7 +1,7 @@
 //! `GET /documents/{document_id}/progress`: validates the request at the edge, then opens the
 //! document's stream through the hub and answers with SSE.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::{
     extract::{
@@ -21,6 +21,7 @@ use super::{
 use crate::{
     auth::Principal,
     hub::Subscription,
+    metrics::Transport,
     upstream::{Call, Identity},
 };
 
@@ -43,8 +44,10 @@ pub async fn progress(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let span = tracing::Span::current();
+    let started = Instant::now();
     let principal = state.auth.authenticate(&headers, uri.query()).map_err(|reason| {
         tracing::warn!(%reason, "authentication failed");
+        state.metrics.auth_failed(reason.label());
         ApiError::Unauthorized
     })?;
     match &principal {
@@ -87,13 +90,23 @@ pub async fn progress(
         Subscription::Finished => return Ok(StatusCode::NO_CONTENT.into_response()),
         Subscription::Live { reset, events } => (reset, events),
     };
-    let viewer = Viewer { permit, expires_at: principal.map(|p| p.expires_at) };
-    let feed = |events| feed(events, reset, state.stream.clone(), state.shutdown.clone(), viewer);
-    let mut response = match (upgrade, representation) {
-        (Some(upgrade), _) => representation::websocket(upgrade, feed(events)),
-        (None, Some(Representation::LongPoll)) => representation::long_poll(events, reset, resume, wait).await,
-        (None, Some(Representation::Ndjson)) => representation::ndjson(feed(events)),
-        (None, _) => representation::event_stream(feed(events), state.stream.retry),
+    let transport = match (&upgrade, representation) {
+        (Some(_), _) => Transport::WebSocket,
+        (None, Some(Representation::LongPoll)) => Transport::LongPoll,
+        (None, Some(Representation::Ndjson)) => Transport::Ndjson,
+        (None, _) => Transport::Sse,
+    };
+    let metrics = state.metrics.stream_opened(state.progress.route(), transport);
+    let viewer = Viewer { permit, expires_at: principal.map(|p| p.expires_at), metrics, started };
+    let mut response = if transport == Transport::LongPoll {
+        representation::long_poll(events, reset, resume, wait, viewer).await
+    } else {
+        let feed = feed(events, reset, state.stream.clone(), state.shutdown.clone(), viewer);
+        match (upgrade, transport) {
+            (Some(upgrade), _) => representation::websocket(upgrade, feed),
+            (None, Transport::Ndjson) => representation::ndjson(feed),
+            (None, _) => representation::event_stream(feed, state.stream.retry),
+        }
     };
     if let Some(request_id) = request_id {
         response.headers_mut().insert("x-request-id", request_id);

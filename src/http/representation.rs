@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use super::{
     ApiError,
-    stream::{Ending, Output},
+    stream::{Ending, Output, Viewer},
 };
 use crate::{hub::ViewerStream, sse};
 
@@ -123,7 +123,13 @@ struct Poll {
 
 /// `application/json`: every event after `after` that exists now, or the first one to come
 /// within `wait`; without `after`, the latest at once.
-pub async fn long_poll(mut events: ViewerStream, reset: bool, after: Option<u64>, wait: Duration) -> Response {
+pub async fn long_poll(
+    mut events: ViewerStream,
+    reset: bool,
+    after: Option<u64>,
+    wait: Duration,
+    viewer: Viewer,
+) -> Response {
     let first = match after {
         None => events.next().now_or_never().flatten(),
         Some(_) => tokio::time::timeout(wait, events.next()).await.ok().flatten(),
@@ -133,6 +139,7 @@ pub async fn long_poll(mut events: ViewerStream, reset: bool, after: Option<u64>
     while let Some(item) = next {
         match item {
             Ok(event) => {
+                viewer.metrics.event_sent(event.emitted_at);
                 poll.last_event_id = event.id;
                 poll.done = event.kind.is_terminal();
                 // The data is one line of JSON produced by serde_json; it cannot fail to parse.

@@ -7,14 +7,14 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures_util::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, limits::StreamPermit};
-use crate::{event::StreamEvent, hub::ViewerStream, upstream::UpstreamError};
+use crate::{event::StreamEvent, hub::ViewerStream, metrics::OpenStream, upstream::UpstreamError};
 
 /// Stream timing shared by every representation.
 #[derive(Debug, Clone)]
@@ -28,13 +28,17 @@ pub struct StreamSettings {
     pub max_lifetime: Duration,
 }
 
-/// One viewer: its limits permit and when its credentials run out.
+/// One viewer: its limits permit, when its credentials run out, and its metrics.
 #[derive(Debug)]
 pub struct Viewer {
     /// Released when the stream ends.
     pub permit: StreamPermit,
     /// The token's `exp`: the stream ends with `token_expired` by then.
     pub expires_at: Option<SystemTime>,
+    /// Counts the stream and its events.
+    pub metrics: OpenStream,
+    /// When the request arrived.
+    pub started: Instant,
 }
 
 /// What a representation writes next.
@@ -82,6 +86,8 @@ pub fn feed(
     let until_deadline = until_expiry.map_or(settings.max_lifetime, |left| left.min(settings.max_lifetime));
     async_stream::stream! {
         let _permit = viewer.permit;
+        let metrics = viewer.metrics;
+        let mut first = true;
         let mut events = events;
         let deadline = tokio::time::sleep(until_deadline);
         let heartbeat = tokio::time::sleep(settings.heartbeat);
@@ -100,6 +106,10 @@ pub fn feed(
             match next {
                 Next::Item(Some(Ok(event))) => {
                     let terminal = event.kind.is_terminal();
+                    if std::mem::take(&mut first) {
+                        metrics.first_event(viewer.started.elapsed());
+                    }
+                    metrics.event_sent(event.emitted_at);
                     yield Output::Event(event);
                     if terminal {
                         break Ending::Terminal;

@@ -17,8 +17,16 @@ use tonic::Code;
 use super::{HubSettings, Subscription, viewer};
 use crate::{
     event::StreamEvent,
+    metrics::Metrics,
     upstream::{Call, EventStream, SharedResource, UpstreamError},
 };
+
+/// An upstream call that ended before the terminal event.
+struct Broken {
+    error: UpstreamError,
+    /// It delivered events before failing, so it was healthy for a while.
+    received: bool,
+}
 
 /// A viewer's end of the live broadcast.
 pub(super) type Receiver = broadcast::Receiver<Arc<StreamEvent>>;
@@ -34,6 +42,7 @@ pub(super) struct Shared {
     viewers: watch::Sender<usize>,
     /// Bumped when the first events arrive or the call ends, for subscribers waiting on it.
     changed: watch::Sender<()>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug)]
@@ -81,6 +90,7 @@ impl ViewerGuard {
 impl Drop for ViewerGuard {
     fn drop(&mut self) {
         self.0.viewers.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.metrics.viewer_attached(false);
     }
 }
 
@@ -99,6 +109,7 @@ impl Shared {
             state: Mutex::new(State { log: VecDeque::new(), live: Some(live), end: None, retrying: None }),
             viewers: watch::channel(0).0,
             changed: watch::channel(()).0,
+            metrics: Arc::clone(&settings.metrics),
         });
         let driver = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -195,6 +206,7 @@ impl Shared {
         from_start: Option<Receiver>,
     ) -> Attach {
         self.viewers.send_modify(|n| *n += 1);
+        self.metrics.viewer_attached(true);
         let guard = ViewerGuard(Arc::clone(self));
         let live = from_start.or_else(|| state.live.as_ref().map(broadcast::Sender::subscribe));
         Attach::Ready(Subscription::Live { reset: false, events: viewer::shared(guard, backlog, live, cursor) })
@@ -220,21 +232,18 @@ impl Shared {
         let mut backoff = BACKOFF.0;
         loop {
             call.resume_after = last;
-            let error = match resource.open(call.clone()).await {
-                Err(error) => error,
-                Ok(mut events) => loop {
-                    let (batch, failure) = next_batch(&mut events).await;
-                    if !batch.is_empty() {
+            self.metrics.upstream_started();
+            let attempt = self.attempt(resource, &call, &mut last, settings).await;
+            self.metrics.upstream_ended(attempt.as_ref().err().map_or("ok", |broken| broken.error.code_name()));
+            let error = match attempt {
+                Ok(()) => return End::Terminal,
+                Err(Broken { error, received }) => {
+                    if received {
                         failing_since = None;
                         backoff = BACKOFF.0;
-                        if self.publish(batch, &mut last, settings.replay) {
-                            return End::Terminal;
-                        }
                     }
-                    if let Some(error) = failure {
-                        break error;
-                    }
-                },
+                    error
+                }
             };
             let since = *failing_since.get_or_insert_with(Instant::now);
             if !is_transient(&error) || since.elapsed() >= settings.retry_budget {
@@ -246,6 +255,38 @@ impl Shared {
             self.changed.send_replace(());
             tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64())).await;
             backoff = (backoff * 2).min(BACKOFF.1);
+        }
+    }
+
+    /// One upstream call: `Ok` once the terminal event is published.
+    async fn attempt(
+        &self,
+        resource: &SharedResource,
+        call: &Call,
+        last: &mut u64,
+        settings: &HubSettings,
+    ) -> Result<(), Broken> {
+        let mut received = false;
+        let mut events = resource.open(call.clone()).await.map_err(|error| Broken { error, received })?;
+        loop {
+            let next = tokio::time::timeout(settings.idle_timeout, next_batch(&mut events)).await;
+            let (batch, failure) = next.unwrap_or_else(|_| {
+                let silence = format!("no message from the upstream for {:?}", settings.idle_timeout);
+                (Vec::new(), Some(UpstreamError::new(Code::Unavailable, silence)))
+            });
+            if !batch.is_empty() {
+                received = true;
+                if self.publish(batch, last, settings.replay) {
+                    return Ok(());
+                }
+            }
+            if let Some(mut error) = failure {
+                // Our own per-call deadline ending a healthy stream is a reason to resume.
+                if received && error.code == Code::DeadlineExceeded {
+                    error.code = Code::Unavailable;
+                }
+                return Err(Broken { error, received });
+            }
         }
     }
 

@@ -1,0 +1,202 @@
+//! Prometheus metrics, registered in a registry owned by the app (no global recorder), and
+//! served at `GET /metrics` in the OpenMetrics text format.
+//!
+//! Label values come from small fixed sets (transport, gRPC code, auth failure reason): never a
+//! document id or a user, so the number of series stays bounded.
+
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// How a viewer receives events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Transport {
+    /// `text/event-stream`.
+    Sse,
+    /// `application/x-ndjson`.
+    Ndjson,
+    /// `application/json` long-poll.
+    LongPoll,
+    /// WebSocket.
+    WebSocket,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Stream {
+    route: &'static str,
+    transport: Transport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Code {
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// Every metric of the service.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    open_streams: Family<Stream, Gauge>,
+    events_sent: Family<Stream, Counter>,
+    upstream_started: Counter,
+    upstream_active: Gauge,
+    upstream_ended: Family<Code, Counter>,
+    shared_viewers: Gauge,
+    replay: Family<Outcome, Counter>,
+    auth_failures: Family<Reason, Counter>,
+    delivery_lag: Histogram,
+    first_event: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sse_bff");
+        let open_streams = Family::<Stream, Gauge>::default();
+        registry.register("open_streams", "Open event streams by route and transport", open_streams.clone());
+        let events_sent = Family::<Stream, Counter>::default();
+        registry.register("events_sent", "Events written to viewers", events_sent.clone());
+        let upstream_started = Counter::default();
+        registry.register(
+            "upstream_calls_started",
+            "Upstream calls started (including resumes)",
+            upstream_started.clone(),
+        );
+        let upstream_active = Gauge::default();
+        registry.register("upstream_calls_active", "Upstream calls streaming now", upstream_active.clone());
+        let upstream_ended = Family::<Code, Counter>::default();
+        registry.register("upstream_calls_ended", "Upstream calls ended, by final gRPC code", upstream_ended.clone());
+        let shared_viewers = Gauge::default();
+        registry.register("shared_viewers", "Viewers attached to shared upstream calls", shared_viewers.clone());
+        let replay = Family::<Outcome, Counter>::default();
+        registry.register("replay", "Resumes answered from the replay log (hit) or not (miss)", replay.clone());
+        let auth_failures = Family::<Reason, Counter>::default();
+        registry.register("auth_failures", "Rejected requests by authentication failure reason", auth_failures.clone());
+        let delivery_lag = Histogram::new(latency_buckets());
+        registry.register(
+            "delivery_lag_seconds",
+            "Time from the upstream's emitted_at to the event being handed to the socket",
+            delivery_lag.clone(),
+        );
+        let first_event = Histogram::new(latency_buckets());
+        registry.register("time_to_first_event_seconds", "Time from request to the first event", first_event.clone());
+        Self {
+            registry,
+            open_streams,
+            events_sent,
+            upstream_started,
+            upstream_active,
+            upstream_ended,
+            shared_viewers,
+            replay,
+            auth_failures,
+            delivery_lag,
+            first_event,
+        }
+    }
+}
+
+/// 0.5 ms to about 16 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16)
+}
+
+impl Metrics {
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// A stream opened; the returned guard closes it in the gauge when dropped.
+    pub fn stream_opened(self: &std::sync::Arc<Self>, route: &'static str, transport: Transport) -> OpenStream {
+        let labels = Stream { route, transport };
+        let open = self.open_streams.get_or_create(&labels).clone();
+        open.inc();
+        // The handles are resolved once per stream, not once per event.
+        let sent = self.events_sent.get_or_create(&labels).clone();
+        OpenStream { metrics: std::sync::Arc::clone(self), open, sent }
+    }
+
+    /// An upstream call was started.
+    pub fn upstream_started(&self) {
+        self.upstream_started.inc();
+        self.upstream_active.inc();
+    }
+
+    /// An upstream call ended with this gRPC code name (`ok` for a finished job).
+    pub fn upstream_ended(&self, code: &'static str) {
+        self.upstream_active.dec();
+        self.upstream_ended.get_or_create(&Code { code }).inc();
+    }
+
+    /// A viewer attached to (or left) a shared call.
+    pub fn viewer_attached(&self, attached: bool) {
+        if attached {
+            self.shared_viewers.inc()
+        } else {
+            self.shared_viewers.dec()
+        };
+    }
+
+    /// A resume was served from the log (`true`) or needed an upstream call of its own.
+    pub fn replay(&self, hit: bool) {
+        self.replay.get_or_create(&Outcome { outcome: if hit { "hit" } else { "miss" } }).inc();
+    }
+
+    /// A request failed authentication.
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Time from the request to its first event.
+    pub fn first_event(&self, after: Duration) {
+        self.first_event.observe(after.as_secs_f64());
+    }
+}
+
+/// An open stream, counted until dropped.
+#[derive(Debug)]
+pub struct OpenStream {
+    metrics: std::sync::Arc<Metrics>,
+    open: Gauge,
+    sent: Counter,
+}
+
+impl OpenStream {
+    /// An event was handed to the socket.
+    pub fn event_sent(&self, emitted_at: Option<SystemTime>) {
+        self.sent.inc();
+        if let Some(lag) = emitted_at.and_then(|at| SystemTime::now().duration_since(at).ok()) {
+            self.metrics.delivery_lag.observe(lag.as_secs_f64());
+        }
+    }
+}
+
+impl OpenStream {
+    /// The stream's first event went out `after` the request arrived.
+    pub fn first_event(&self, after: Duration) {
+        self.metrics.first_event(after);
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
