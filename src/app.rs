@@ -55,8 +55,11 @@ impl App {
             connect_timeout: config.upstream_connect_timeout,
             keepalive_interval: config.upstream_keepalive,
             keepalive_timeout: Duration::from_secs(20),
-        }
-        .connect_lazy()?;
+            streams_per_connection: config.upstream_streams_per_connection,
+            max_connections: config.upstream_max_connections,
+        };
+        let pool = Arc::new(channel.pool()?);
+        let health_channel = channel.health_channel()?;
         let auth = Authenticator::from_config(&config.auth)?;
         if matches!(auth, Authenticator::Disabled) {
             tracing::warn!(
@@ -66,7 +69,7 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let state = AppState {
             progress: Hub::new(
-                Arc::new(DocumentProgress::new(channel.clone())),
+                Arc::new(DocumentProgress::new(pool, config.upstream_deadline)),
                 config.hub_settings(Arc::clone(&metrics)),
                 shutdown.clone(),
             ),
@@ -76,7 +79,7 @@ impl App {
                 max_lifetime: config.max_stream_lifetime,
             },
             shutdown: shutdown.clone(),
-            health: HealthClient::new(channel),
+            health: HealthClient::new(health_channel),
             health_service: "docproc.v1.DocumentProcessor",
             auth,
             limits: StreamLimits::new(config.max_streams, config.max_streams_per_user),

@@ -111,6 +111,17 @@ pub struct ServeConfig {
     /// Events a viewer may fall behind before it skips to the latest update.
     #[arg(long, env = "SSE_BFF_VIEWER_LAG", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub viewer_lag: u64,
+    /// Concurrent calls per upstream HTTP/2 connection before another connection is opened
+    /// (servers commonly allow 100 to 200 and queue the rest).
+    #[arg(long, env = "SSE_BFF_UPSTREAM_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub upstream_streams_per_connection: usize,
+    /// The most upstream connections (over all endpoints).
+    #[arg(long, env = "SSE_BFF_UPSTREAM_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub upstream_max_connections: usize,
+    /// The gRPC deadline of each upstream call; a call that reaches it after delivering
+    /// updates is resumed, one that delivered nothing answers 504.
+    #[arg(long, env = "SSE_BFF_UPSTREAM_DEADLINE", default_value = "1h", value_parser = parse_duration)]
+    pub upstream_deadline: Duration,
     /// An upstream call that sends nothing for this long counts as broken and is resumed.
     #[arg(long, env = "SSE_BFF_UPSTREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub upstream_idle_timeout: Duration,

@@ -7,13 +7,13 @@
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
+    encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
 /// How a viewer receives events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// `text/event-stream`.
     Sse,
@@ -25,10 +25,21 @@ pub enum Transport {
     WebSocket,
 }
 
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Sse => "sse",
+            Self::Ndjson => "ndjson",
+            Self::LongPoll => "long_poll",
+            Self::WebSocket => "websocket",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct Stream {
     route: &'static str,
-    transport: Transport,
+    transport: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -125,7 +136,7 @@ impl Metrics {
 
     /// A stream opened; the returned guard closes it in the gauge when dropped.
     pub fn stream_opened(self: &std::sync::Arc<Self>, route: &'static str, transport: Transport) -> OpenStream {
-        let labels = Stream { route, transport };
+        let labels = Stream { route, transport: transport.label() };
         let open = self.open_streams.get_or_create(&labels).clone();
         open.inc();
         // The handles are resolved once per stream, not once per event.

@@ -47,6 +47,9 @@ pub struct SimConfig {
     /// How many updates per job are kept for resuming calls; older resume points get OUT_OF_RANGE.
     #[arg(long, env = "SSE_BFF_SIM_RETAIN", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retain: u64,
+    /// Concurrent streams the simulator allows per HTTP/2 connection (unbounded when unset).
+    #[arg(long, env = "SSE_BFF_SIM_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
     /// Adds the endless `steady` job with this many updates per second (0: none), for load tests.
     #[arg(long, env = "SSE_BFF_SIM_STEADY_RATE", default_value_t = 0.0)]
     pub steady_rate: f64,
@@ -64,6 +67,7 @@ impl SimConfig {
             fixtures,
             speed,
             retain: 1000,
+            max_concurrent_streams: None,
             steady_rate: 0.0,
             steady_message_bytes: 64,
         }
@@ -104,6 +108,7 @@ pub enum SimError {
 pub struct Sim {
     listener: TcpListener,
     service: SimService,
+    max_concurrent_streams: Option<u32>,
 }
 
 impl Sim {
@@ -125,7 +130,7 @@ impl Sim {
                 shutdown: CancellationToken::new(),
             }),
         };
-        Ok(Self { listener, service })
+        Ok(Self { listener, service, max_concurrent_streams: config.max_concurrent_streams })
     }
 
     /// The bound address (useful with port 0).
@@ -154,6 +159,7 @@ impl Sim {
         let addr = self.local_addr();
         tracing::info!(%addr, "upstream simulator listening");
         let result = Server::builder()
+            .max_concurrent_streams(self.max_concurrent_streams)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -1,6 +1,18 @@
-//! The tonic `Channel` toward the upstream service: timeouts, keep-alive and balancing.
+//! Connections to the upstream service: a pool of HTTP/2 connections over one or more
+//! endpoints, with connect timeout and keep-alive.
+//!
+//! One HTTP/2 connection carries a bounded number of concurrent streams (servers commonly allow
+//! 100 to 200, and queue the rest), so thousands of watched documents need several connections.
+//! The pool leases the least busy connection and opens another, round-robin over the endpoints,
+//! once every connection carries `streams_per_connection` calls.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use tonic::transport::{Channel, Endpoint};
 
@@ -27,23 +39,70 @@ pub struct UpstreamChannel {
     pub urls: Vec<String>,
     /// How long establishing a connection may take.
     pub connect_timeout: Duration,
-    /// HTTP/2 PING interval; kept above common server minimums (grpc-go allows 5 min idle by
-    /// default but permits pings while streams are open).
+    /// HTTP/2 PING interval while calls are open. Servers commonly refuse pings more often than
+    /// every 5 minutes (grpc-go's default), so keep it at or above theirs.
     pub keepalive_interval: Duration,
     /// How long to wait for a PING acknowledgement before the connection counts as broken.
     pub keepalive_timeout: Duration,
+    /// Calls per connection before the pool opens another one.
+    pub streams_per_connection: usize,
+    /// The most connections the pool opens.
+    pub max_connections: usize,
+}
+
+/// Lazily connected HTTP/2 connections to the upstream endpoints.
+#[derive(Debug)]
+pub struct UpstreamPool {
+    endpoints: Vec<Endpoint>,
+    connections: Mutex<Vec<Connection>>,
+    streams_per_connection: usize,
+    max_connections: usize,
+}
+
+#[derive(Debug)]
+struct Connection {
+    channel: Channel,
+    active: Arc<AtomicUsize>,
+}
+
+/// A connection leased for one call; the call count drops when the lease does.
+#[derive(Debug)]
+pub struct Lease {
+    /// The connection to call on.
+    pub channel: Channel,
+    active: Arc<AtomicUsize>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl UpstreamChannel {
-    /// Builds a lazily connecting channel: the BFF starts even when the upstream is down, and
-    /// calls fail with UNAVAILABLE until it is up.
-    pub fn connect_lazy(&self) -> Result<Channel, ChannelError> {
-        let endpoints = self.urls.iter().map(|url| self.endpoint(url)).collect::<Result<Vec<_>, _>>()?;
-        match endpoints.len() {
-            0 => Err(ChannelError::NoEndpoint),
-            1 => Ok(endpoints.into_iter().next().map(|e| e.connect_lazy()).ok_or(ChannelError::NoEndpoint)?),
-            _ => Ok(Channel::balance_list(endpoints.into_iter())),
+    /// Builds the pool. Nothing connects yet: the BFF starts even when the upstream is down,
+    /// and calls fail with UNAVAILABLE until it is up.
+    pub fn pool(&self) -> Result<UpstreamPool, ChannelError> {
+        let endpoints = self.endpoints()?;
+        Ok(UpstreamPool {
+            endpoints,
+            connections: Mutex::new(Vec::new()),
+            streams_per_connection: self.streams_per_connection.max(1),
+            max_connections: self.max_connections.max(1),
+        })
+    }
+
+    /// One more channel over every endpoint, for health checks.
+    pub fn health_channel(&self) -> Result<Channel, ChannelError> {
+        let endpoints = self.endpoints()?;
+        Ok(Channel::balance_list(endpoints.into_iter()))
+    }
+
+    fn endpoints(&self) -> Result<Vec<Endpoint>, ChannelError> {
+        if self.urls.is_empty() {
+            return Err(ChannelError::NoEndpoint);
         }
+        self.urls.iter().map(|url| self.endpoint(url)).collect()
     }
 
     fn endpoint(&self, url: &str) -> Result<Endpoint, ChannelError> {
@@ -54,10 +113,39 @@ impl UpstreamChannel {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(self.keepalive_interval)
             .keep_alive_timeout(self.keepalive_timeout)
-            .keep_alive_while_idle(true)
             // Many small messages per stream: a generous window keeps the server from stalling
-            // on flow control when a viewer reads slowly.
+            // on flow control when the BFF is busy for a moment.
             .initial_stream_window_size(Some(1 << 20))
-            .initial_connection_window_size(Some(8 << 20)))
+            .initial_connection_window_size(Some(16 << 20)))
+    }
+}
+
+impl UpstreamPool {
+    /// The least busy connection, opening a new one when all of them are full.
+    pub fn lease(&self) -> Lease {
+        let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
+        let least_busy = connections.iter().min_by_key(|c| c.active.load(Ordering::Relaxed));
+        let full = least_busy.is_none_or(|c| c.active.load(Ordering::Relaxed) >= self.streams_per_connection);
+        let connection = if full && connections.len() < self.max_connections {
+            let endpoint = &self.endpoints[connections.len() % self.endpoints.len()];
+            connections.push(Connection { channel: endpoint.connect_lazy(), active: Arc::new(AtomicUsize::new(0)) });
+            connections.last()
+        } else {
+            connections.iter().min_by_key(|c| c.active.load(Ordering::Relaxed))
+        };
+        match connection {
+            Some(connection) => {
+                connection.active.fetch_add(1, Ordering::Relaxed);
+                Lease { channel: connection.channel.clone(), active: Arc::clone(&connection.active) }
+            }
+            // Unreachable: the pool always holds or just opened a connection. A lazily connecting
+            // channel of the first endpoint keeps this total without a panic.
+            None => Lease { channel: self.endpoints[0].connect_lazy(), active: Arc::new(AtomicUsize::new(1)) },
+        }
+    }
+
+    /// Connections opened so far.
+    pub fn connections(&self) -> usize {
+        self.connections.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }

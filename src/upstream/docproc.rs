@@ -1,14 +1,17 @@
 //! `DocumentProcessor.ProcessDocument`: the document-progress resource and its mapping from
 //! prost messages to [`StreamEvent`]s.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use futures_util::{StreamExt as _, future::BoxFuture};
 use serde::Serialize;
-use tonic::{Code, metadata::MetadataValue, transport::Channel};
+use tonic::{Code, metadata::MetadataValue};
 
-use super::{Call, EventStream, Identity, Resource, UpstreamError};
+use super::{Call, EventStream, Identity, Resource, UpstreamError, UpstreamPool};
 use crate::{
     event::{EventKind, StreamEvent},
     pb::docproc::v1::{
@@ -19,19 +22,18 @@ use crate::{
 /// Document processing progress, served at `/documents/{document_id}/progress`.
 #[derive(Debug, Clone)]
 pub struct DocumentProgress {
-    client: DocumentProcessorClient<Channel>,
+    pool: Arc<UpstreamPool>,
+    deadline: Duration,
 }
 
 impl DocumentProgress {
     /// The route this resource is served under.
     pub const ROUTE: &'static str = "/documents/{document_id}/progress";
 
-    /// Wraps a channel to the DocumentProcessor service.
-    pub fn new(channel: Channel) -> Self {
-        // Messages can carry long human-readable text; 4 MiB is tonic's default bound and
-        // stays explicit here because it bounds memory per upstream message.
-        let client = DocumentProcessorClient::new(channel).max_decoding_message_size(4 << 20);
-        Self { client }
+    /// Calls the DocumentProcessor service through `pool`; each call carries `deadline` as its
+    /// gRPC timeout.
+    pub fn new(pool: Arc<UpstreamPool>, deadline: Duration) -> Self {
+        Self { pool, deadline }
     }
 }
 
@@ -41,13 +43,22 @@ impl Resource for DocumentProgress {
     }
 
     fn open(&self, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
-        let mut client = self.client.clone();
+        let lease = self.pool.lease();
+        // Messages can carry long human-readable text; 4 MiB (tonic's default) bounds the memory
+        // one upstream message may take.
+        let mut client = DocumentProcessorClient::new(lease.channel.clone()).max_decoding_message_size(4 << 20);
+        let deadline = self.deadline;
         Box::pin(async move {
             let mut request =
                 tonic::Request::new(ProcessDocumentRequest { document_id: call.id, resume_after: call.resume_after });
+            request.set_timeout(deadline);
             attach_identity(request.metadata_mut(), &call.identity);
             let response = client.process_document(request).await?;
-            let events = response.into_inner().map(|item| item.map_err(UpstreamError::from).and_then(map_update));
+            // The lease travels with the stream: the connection counts the call until it ends.
+            let events = response.into_inner().map(move |item| {
+                let _ = &lease;
+                item.map_err(UpstreamError::from).and_then(map_update)
+            });
             Ok(Box::pin(events) as EventStream)
         })
     }

@@ -58,8 +58,7 @@ pub struct TestApp {
 
 /// Options for a [`TestApp`], defaulting to the service's own defaults and a fast simulator.
 pub struct TestAppBuilder {
-    speed: f64,
-    retain: u64,
+    sim: SimConfig,
     config: ServeConfig,
     start_sim: bool,
     upstream: Option<SocketAddr>,
@@ -71,7 +70,8 @@ impl TestApp {
         let mut config = ServeConfig::with_upstream("http://127.0.0.1:1");
         config.auth.insecure_no_auth = false;
         config.auth.jwt_secret = Some(SECRET.to_owned());
-        TestAppBuilder { speed: 20.0, retain: 1000, config, start_sim: true, upstream: None }
+        let fixtures = ["jobs", "scenarios"].map(fixture).to_vec();
+        TestAppBuilder { sim: SimConfig::new(fixtures, 20.0), config, start_sim: true, upstream: None }
     }
 
     pub async fn spawn() -> Self {
@@ -144,13 +144,13 @@ impl TestAppBuilder {
     }
 
     pub fn speed(mut self, speed: f64) -> Self {
-        self.speed = speed;
+        self.sim.speed = speed;
         self
     }
 
-    /// Updates the simulator keeps per job for resuming calls.
-    pub fn sim_retain(mut self, updates: u64) -> Self {
-        self.retain = updates;
+    /// Changes any setting of the simulator.
+    pub fn configure_sim(mut self, change: impl FnOnce(&mut SimConfig)) -> Self {
+        change(&mut self.sim);
         self
     }
 
@@ -168,10 +168,7 @@ impl TestAppBuilder {
 
     pub async fn spawn(self) -> TestApp {
         let sim_shutdown = CancellationToken::new();
-        let fixtures = ["jobs", "scenarios"].map(fixture);
-        let mut sim_config = SimConfig::new(fixtures.to_vec(), self.speed);
-        sim_config.retain = self.retain;
-        let sim = Sim::build(sim_config).await.expect("sim builds");
+        let sim = Sim::build(self.sim).await.expect("sim builds");
         let sim_addr = sim.local_addr();
         let stats = sim.stats();
         if self.start_sim {
@@ -339,6 +336,18 @@ impl Binary {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits (at most `limit`) for the exit; returns the status and how long
+    /// the process took to exit.
+    pub async fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let pid = self.child.id().expect("still running").to_string();
+        let started = std::time::Instant::now();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(sent.success());
+        let status =
+            tokio::time::timeout(limit, self.child.wait()).await.expect("exits within the limit").expect("wait");
+        (status, started.elapsed())
     }
 
     /// SIGKILL: the process dies without closing anything gracefully.

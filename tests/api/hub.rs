@@ -168,7 +168,7 @@ async fn a_reconnect_after_the_end_is_204_from_the_kept_log() {
 
 #[tokio::test]
 async fn a_resume_point_nobody_keeps_starts_with_reset_then_the_current_state() {
-    let app = TestApp::builder().sim_retain(3).configure(|c| c.replay_log = 2).spawn().await;
+    let app = TestApp::builder().configure_sim(|s| s.retain = 3).configure(|c| c.replay_log = 2).spawn().await;
     assert_eq!(ids(&app.transcript("doc-1").await).last(), Some(&10));
 
     let frames = SseReader::new(app.open_progress_with("doc-1", &resume_from(&app, 2)).await).read_to_end().await;

@@ -7,6 +7,7 @@ mod grpcurl;
 mod helpers;
 mod hub;
 mod lifecycle;
+mod ops;
 mod representations;
 mod security;
 mod stream;

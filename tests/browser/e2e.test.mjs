@@ -1,0 +1,306 @@
+// End-to-end tests of the demo page and static/client.js: a real Chromium (never downloaded,
+// /usr/bin/chromium) against the real sse-bff binary on loopback.
+//
+//   cd tests/browser && npm ci && cd ../.. && node --test tests/browser/
+//
+// SSE_BFF_BIN overrides the binary (default target/debug/sse-bff). Server logs, and the
+// screenshot, go to artifacts/; the screenshot is also copied to docs/demo.png.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { createWriteStream, readFileSync } from 'node:fs';
+import { copyFile, mkdir } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { randomBytes } from 'node:crypto';
+import { chromium } from 'playwright-core';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const BIN = path.resolve(ROOT, process.env.SSE_BFF_BIN ?? 'target/debug/sse-bff');
+const ARTIFACTS = path.join(ROOT, 'artifacts');
+const DOCS = ['doc-1', 'doc-2', 'doc-3', 'scan-42'];
+const LAUNCH = {
+  executablePath: '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+};
+
+/** The scripted jobs: what each row must end with. */
+const JOBS = Object.fromEntries(DOCS.map((name) => {
+  const { steps } = JSON.parse(readFileSync(path.join(ROOT, 'fixtures/jobs', `${name}.json`), 'utf8'));
+  return [name, { terminal: steps.length, final: steps.at(-1) }];
+}));
+
+let browser;
+const processes = new Set();
+
+before(async () => {
+  await mkdir(ARTIFACTS, { recursive: true });
+  browser = await chromium.launch(LAUNCH);
+  console.log(`# chromium ${browser.version()} (${LAUNCH.executablePath}), sse-bff ${BIN}`);
+});
+
+after(async () => {
+  await browser?.close();
+  await Promise.all([...processes].map((proc) => proc.stop()));
+});
+
+// Last resort if the runner dies between hooks: no server outlives the tests.
+process.on('exit', () => processes.forEach((proc) => proc.child.kill('SIGKILL')));
+
+/** A free loopback port (the OS picks it, then it is released for the server). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer().once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts `sse-bff <args>`, logging to artifacts/<name>.log; `stop()` sends SIGTERM, then SIGKILL. */
+function start(name, args) {
+  const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`), { flags: 'a' });
+  const child = spawn(BIN, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
+  child.stdout.pipe(log, { end: false });
+  child.stderr.pipe(log, { end: false });
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const proc = {
+    child,
+    exited,
+    async stop(timeoutMs = 15_000) {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+        await exited;
+        clearTimeout(timer);
+      }
+      processes.delete(proc);
+      return exited;
+    },
+  };
+  processes.add(proc);
+  return proc;
+}
+
+/** Polls `url` until it answers 200 (readiness without fixed sleeps). */
+async function waitReady(url, proc, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    assert.equal(proc.child.exitCode, null, `${url}: the server exited`);
+    try {
+      if ((await fetch(url)).ok) return;
+    } catch { /* not listening yet */ }
+    assert.ok(Date.now() < deadline, `${url} not ready within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** Starts `sse-bff demo` (simulator + BFF + demo cookie) at speed 2. */
+async function startDemo() {
+  const [port, simPort] = [await freePort(), await freePort()];
+  const base = `http://127.0.0.1:${port}`;
+  const proc = start('demo', ['demo', '--listen', `127.0.0.1:${port}`, '--sim-listen', `127.0.0.1:${simPort}`, '--speed', '2']);
+  await waitReady(`${base}/healthz`, proc);
+  await waitReady(`${base}/readyz`, proc);
+  return { base, proc };
+}
+
+/** A page that records every change of a row's `data-state` in `window.__states`. */
+async function newPage() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  // DEV-ONLY-BEGIN
+  if (process.env.DEV_STATIC) {
+    await context.route((u) => u.pathname === '/' || u.pathname === '/client.js', async (route) => {
+      const response = await route.fetch();
+      const file = new URL(route.request().url()).pathname === '/' ? 'index.html' : 'client.js';
+      await route.fulfill({ response, body: readFileSync(path.join(ROOT, 'static', file), 'utf8') });
+    });
+  }
+  // DEV-ONLY-END
+  await page.addInitScript(() => {
+    window.__states = {};
+    new MutationObserver((mutations) => {
+      for (const { target } of mutations) (window.__states[target.dataset.doc] ??= []).push(target.dataset.state);
+    }).observe(document, { subtree: true, attributeFilter: ['data-state'] });
+  });
+  const problems = [];
+  page.on('pageerror', (error) => problems.push(String(error)));
+  page.on('console', (message) => message.type() === 'error' && problems.push(message.text()));
+  return { context, page, problems };
+}
+
+/** Waits until every row shows a terminal status. */
+async function waitFinished(page, timeoutMs) {
+  await page.waitForFunction((count) => {
+    const rows = document.querySelectorAll('tr[data-doc]');
+    return rows.length === count && [...rows].every((row) => ['completed', 'failed', 'error'].includes(row.dataset.status));
+  }, DOCS.length, { timeout: timeoutMs, polling: 100 });
+}
+
+/** What the page shows and recorded, per script name (doc-1, ...). */
+async function snapshot(page) {
+  const rows = await page.$$eval('tr[data-doc]', (trs) => trs.map((row) => ({
+    id: row.dataset.doc,
+    status: row.dataset.status,
+    state: row.dataset.state,
+    name: row.querySelector('.name').textContent,
+    percent: row.querySelector('.pct').textContent,
+    width: row.querySelector('.fill').style.width,
+    outcome: row.querySelector('.outcome').textContent,
+    message: row.querySelector('.msg').textContent,
+    renderedMessage: row.querySelector('.msg').innerText,
+    code: row.querySelector('code').hidden ? null : row.querySelector('code').textContent,
+    badge: row.querySelector('.badge').textContent,
+    received: window.__received[row.dataset.doc],
+    states: window.__states[row.dataset.doc] ?? [],
+  })));
+  return Object.fromEntries(rows.map((row) => [row.name, row]));
+}
+
+/** Each row shows the final update of its script, closed, with the right text. */
+function assertFinal(rows) {
+  assert.deepEqual(Object.keys(rows).sort(), [...DOCS].sort());
+  for (const name of DOCS) {
+    const { final } = JOBS[name];
+    const row = rows[name];
+    assert.match(row.id, new RegExp(`^${name}\\.[a-z0-9]+$`), `${name}: a fresh id per page load`);
+    assert.equal(row.status, final.status, `${name}: status`);
+    assert.equal(row.state, 'closed', `${name}: connection state`);
+    assert.equal(row.badge, 'closed', `${name}: badge`);
+    assert.equal(row.percent, `${final.percent}%`, `${name}: percent`);
+    assert.equal(row.width, `${final.percent}%`, `${name}: bar width`);
+    assert.equal(row.message, final.message, `${name}: message text, escaped and whole`);
+    assert.equal(row.outcome, final.status === 'completed' ? 'Completed' : 'Failed', `${name}: outcome`);
+    assert.equal(row.code, final.error_code ?? null, `${name}: error code`);
+  }
+  // Newlines in server text are rendered as line breaks.
+  assert.equal(rows['doc-3'].renderedMessage, JOBS['doc-3'].final.message);
+  assert.match(rows['doc-3'].renderedMessage, /\n/);
+}
+
+/** The sequences a row received: from its first one on, each exactly once, no gap, up to the terminal one. */
+function assertContiguous(name, received) {
+  assert.ok(received.length > 0, `${name}: received nothing`);
+  const first = received[0];
+  const expected = Array.from({ length: JOBS[name].terminal - first + 1 }, (_, i) => first + i);
+  assert.deepEqual(received, expected, `${name}: sequences ${received}`);
+}
+
+describe('demo server', () => {
+  let demo;
+  before(async () => { demo = await startDemo(); });
+  after(async () => { await demo?.proc.stop(); });
+
+  test('every bar reaches its final state with the right text', { timeout: 60_000 }, async (t) => {
+    t.diagnostic(`chromium ${browser.version()}`);
+    const { context, page, problems } = await newPage();
+    await page.goto(`${demo.base}/`);
+    await waitFinished(page, 30_000);
+    const rows = await snapshot(page);
+    assertFinal(rows);
+    for (const name of DOCS) {
+      const { received } = rows[name];
+      assert.ok(received.every((seq, i) => i === 0 || seq > received[i - 1]), `${name}: strictly increasing ${received}`);
+      assert.equal(received.at(-1), JOBS[name].terminal, `${name}: ends at the terminal sequence`);
+      assert.ok(rows[name].states.includes('live'), `${name}: was live over EventSource`);
+    }
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
+  test('without EventSource, long-polling delivers every update once', { timeout: 60_000 }, async () => {
+    const { context, page, problems } = await newPage();
+    const streams = [];
+    page.on('request', (request) => request.resourceType() === 'eventsource' && streams.push(request.url()));
+    await page.goto(`${demo.base}/?noEventSource=1`);
+    assert.equal(await page.evaluate(() => typeof window.EventSource), 'undefined');
+    await page.waitForFunction((count) => document.querySelectorAll('tr[data-state=polling]').length === count,
+      DOCS.length, { timeout: 10_000, polling: 50 });
+    await page.locator('tr[data-doc] .badge', { hasText: 'polling' }).first().waitFor();
+    await waitFinished(page, 30_000);
+    const rows = await snapshot(page);
+    assertFinal(rows);
+    for (const name of DOCS) {
+      assertContiguous(name, rows[name].received);
+      assert.deepEqual(rows[name].states, ['polling', 'closed'], `${name}: states`);
+    }
+    assert.deepEqual(streams, [], 'no EventSource request');
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
+  test('screenshot of the finished page', { timeout: 60_000 }, async () => {
+    const { context, page } = await newPage();
+    await page.goto(`${demo.base}/`);
+    await waitFinished(page, 30_000);
+    // Lets the bar's width transition settle.
+    await page.waitForFunction(() => [...document.getAnimations()].every((a) => a.playState !== 'running'));
+    const file = path.join(ARTIFACTS, 'demo.png');
+    await page.screenshot({ path: file });
+    await mkdir(path.join(ROOT, 'docs'), { recursive: true });
+    await copyFile(file, path.join(ROOT, 'docs/demo.png'));
+    await context.close();
+  });
+});
+
+describe('BFF restart mid-job', () => {
+  const secret = randomBytes(24).toString('hex');
+  let sim;
+  let bff;
+  let port;
+  let base;
+  const serve = () => start('serve', ['serve', '--listen', `127.0.0.1:${port}`, '--upstream', sim.url,
+    '--jwt-secret', secret, '--shutdown-grace', '5s']);
+
+  before(async () => {
+    const simPort = await freePort();
+    port = await freePort();
+    base = `http://127.0.0.1:${port}`;
+    sim = start('upstream-sim', ['upstream-sim', '--listen', `127.0.0.1:${simPort}`, '--speed', '1']);
+    sim.url = `http://127.0.0.1:${simPort}`;
+    bff = serve();
+    await waitReady(`${base}/healthz`, bff);
+    await waitReady(`${base}/readyz`, bff);
+  });
+  after(async () => {
+    await bff?.stop();
+    await sim?.stop();
+  });
+
+  test('the bars continue where they were, nothing lost or repeated', { timeout: 90_000 }, async (t) => {
+    const { stdout } = await promisify(execFile)(BIN,
+      ['token', '--secret', secret, '--sub', 'alice', '--tenant', 'acme', '--ttl', '1h'], { cwd: ROOT });
+    const { context, page, problems } = await newPage();
+    await context.addCookies([{ name: 'access_token', value: stdout.trim(), url: base, httpOnly: true, sameSite: 'Strict' }]);
+    await page.goto(`${base}/`);
+
+    // doc-2 runs ~11 s at speed 1: stop the BFF once it is a few updates in.
+    const doc2 = await page.$eval('tr[data-doc^="doc-2."]', (row) => row.dataset.doc);
+    await page.waitForFunction((id) => window.__received[id]?.length >= 3, doc2, { timeout: 15_000, polling: 50 });
+    const before = await page.evaluate((id) => [...window.__received[id]], doc2);
+    const stopped = Date.now();
+    const { code, signal } = await bff.stop();
+    assert.ok(code === 0 || signal === 'SIGTERM', `BFF exit: code ${code}, signal ${signal}`);
+    const exitedAfter = Date.now() - stopped;
+    bff = serve();
+    await waitReady(`${base}/healthz`, bff);
+    t.diagnostic(`BFF exited ${exitedAfter} ms after SIGTERM, served again after ${Date.now() - stopped} ms`);
+
+    await waitFinished(page, 45_000);
+    const rows = await snapshot(page);
+    assertFinal(rows);
+    for (const name of DOCS) assertContiguous(name, rows[name].received);
+    const { received, states } = rows['doc-2'];
+    t.diagnostic(`doc-2: received ${received} (${before.length} before the restart), states ${states}`);
+    assert.ok(before.at(-1) < JOBS['doc-2'].terminal, 'the restart landed mid-job');
+    assert.deepEqual(received.slice(0, before.length), before);
+    assert.ok(received.length > before.length, 'updates after the restart');
+    assert.ok(states.some((state) => state === 'reconnecting' || state === 'polling'), `doc-2 states: ${states}`);
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+});
