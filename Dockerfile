@@ -8,6 +8,7 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
 COPY fixtures ./fixtures
+COPY static ./static
 RUN cargo build --release --locked --bin sse-bff
 
 FROM debian:bookworm-slim

@@ -7,6 +7,7 @@ mod grpcurl;
 mod helpers;
 mod hub;
 mod lifecycle;
+mod nginx;
 mod ops;
 mod representations;
 mod security;
