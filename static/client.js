@@ -37,7 +37,7 @@
 const TERMINAL = new Set(['completed', 'failed']);
 const UPDATE_EVENTS = ['progress', 'completed', 'failed'];
 const EVENTSOURCE_CLOSED = 2;
-const MAX_BACKOFF_SECONDS = 15;
+const MAX_BACKOFF_SECONDS = 10;
 
 /**
  * Watches the progress of one document until it completes or fails, or until `close()`.
@@ -75,10 +75,9 @@ export function watchProgress(url, {
   let poller = null; // aborts the long-poll loop
 
   const setState = (next) => {
-    if (next !== state) {
-      state = next;
-      onState?.(next);
-    }
+    if (next === state) return;
+    state = next;
+    onState?.(next);
   };
 
   /** Delivers an update unless it was delivered already (a resume may repeat one). */
@@ -125,6 +124,7 @@ export function watchProgress(url, {
       deliver(JSON.parse(event.data));
     };
     for (const name of UPDATE_EVENTS) es.addEventListener(name, onEvent);
+    // The resume point was lost: the stream goes on from the current state.
     es.addEventListener('reset', () => {
       if (es === source) rebase = true;
     });
@@ -164,8 +164,7 @@ export function watchProgress(url, {
     if (es === probe) {
       probe.close();
       probe = null;
-      scheduleProbe();
-      return;
+      return scheduleProbe();
     }
     if (es !== source) return;
     // CLOSED: EventSource gave up by itself (an HTTP error status, or 204 because the job is
@@ -175,6 +174,7 @@ export function watchProgress(url, {
     else setState('reconnecting');
   }
 
+  /** Switches to long-polling, and schedules an attempt to go back to the stream. */
   function startPolling() {
     source?.close();
     source = null;
@@ -201,8 +201,7 @@ export function watchProgress(url, {
     let backoff = 1;
     while (!signal.aborted && !closed) {
       const params = cursor === null ? { wait: pollWait } : { after: cursor, wait: pollWait };
-      let response;
-      let body;
+      let response, body;
       try {
         response = await fetch(resource(params), {
           headers: { Accept: 'application/json' },
@@ -219,13 +218,10 @@ export function watchProgress(url, {
       }
       if (signal.aborted || closed) return;
       if (!response.ok) {
-        const error = {
-          code: `http_${response.status}`,
-          message: response.statusText,
-          retryable: response.status === 429 || response.status >= 500,
-          httpStatus: response.status,
-          ...body,
-        };
+        // The problem+json body carries code, message and retryable; the status is the fallback.
+        const { status } = response;
+        const error = { code: `http_${status}`, message: response.statusText, httpStatus: status,
+          retryable: status === 429 || status >= 500, ...body };
         if (!error.retryable) return finish(() => onError?.(error));
         await sleep(Number(response.headers.get('Retry-After')) || backoff, signal);
         backoff = Math.min(backoff * 2, MAX_BACKOFF_SECONDS);

@@ -300,7 +300,8 @@ describe('BFF restart mid-job', () => {
     assert.deepEqual(received.slice(0, before.length), before);
     assert.ok(received.length > before.length, 'updates after the restart');
     assert.ok(states.some((state) => state === 'reconnecting' || state === 'polling'), `doc-2 states: ${states}`);
-    assert.deepEqual(problems, []);
+    // A reconnect may hit the port while it is closed; Chrome logs that, and it is expected here.
+    assert.deepEqual(problems.filter((text) => !text.includes('ERR_CONNECTION_REFUSED')), []);
     await context.close();
   });
 });

@@ -1,0 +1,360 @@
+//! The load generator: opens N SSE connections spread over D documents, parses every event,
+//! and reports delivery (events/s, gaps, duplicates, latency from the upstream's `emittedAt`)
+//! and the server's cost (RSS and CPU from /proc). Not part of the shipped server.
+//!
+//! `cargo run --release --example loadgen -- --help`; `scripts/bench` runs the scenarios.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use clap::Parser;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpSocket,
+};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The BFF (or proxy) address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: SocketAddr,
+    /// Connections to open.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Documents the connections are spread over: `<prefix>.0` ... `<prefix>.<D-1>`.
+    #[arg(long, default_value_t = 1)]
+    documents: usize,
+    /// Document id prefix (the simulator's `steady` job plays any `steady.<n>`).
+    #[arg(long, default_value = "steady")]
+    prefix: String,
+    /// Bearer token for every connection.
+    #[arg(long, env = "SSE_BFF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Seconds to wait after the last connection before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Connections opened per second.
+    #[arg(long, default_value_t = 4000.0)]
+    connect_rate: f64,
+    /// Source addresses 127.0.0.1 ..= 127.0.0.<sources>, for more connections than one source
+    /// address has ports.
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
+    /// The server's process id, for its RSS and CPU.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the summary as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one connection saw during the measurement window.
+#[derive(Debug, Default)]
+struct Tally {
+    events: u64,
+    gaps: u64,
+    duplicates: u64,
+    latencies_us: Vec<u32>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
+    if rlimit::Resource::NOFILE.set(hard, hard).is_err() {
+        eprintln!("could not raise the open-file limit from {soft}");
+    }
+    let server = args.server_pid.map(Proc::new);
+    let before = server.as_ref().map(Proc::rss_kib);
+    let established = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let ramp = Duration::from_secs_f64(args.connections as f64 / args.connect_rate);
+    let start = Instant::now();
+    let measure_from = start + ramp + Duration::from_secs_f64(args.warmup);
+    let measure_until = measure_from + Duration::from_secs_f64(args.duration);
+    let mut tasks = Vec::with_capacity(args.connections);
+    let args = Arc::new(args);
+    for n in 0..args.connections {
+        let at = start + Duration::from_secs_f64(n as f64 / args.connect_rate);
+        tokio::time::sleep_until(at.into()).await;
+        let (args, established, failed) = (Arc::clone(&args), Arc::clone(&established), Arc::clone(&failed));
+        tasks.push(tokio::spawn(async move {
+            match connection(&args, n, measure_from, measure_until, &established).await {
+                Ok(tally) => tally,
+                Err(error) => {
+                    if failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("connection {n}: {error}");
+                    }
+                    Tally::default()
+                }
+            }
+        }));
+    }
+    // Sample the server while the window runs.
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_start = (server.as_ref().map(Proc::cpu_seconds), Proc::own().cpu_seconds());
+    let mut rss_full = None;
+    let mut rss_peak = 0;
+    while Instant::now() < measure_until {
+        if let Some(server) = &server {
+            let rss = server.rss_kib();
+            rss_full.get_or_insert(rss);
+            rss_peak = rss_peak.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(250).min(measure_until.saturating_duration_since(Instant::now()))).await;
+    }
+    let window = Duration::from_secs_f64(args.duration).as_secs_f64();
+    let server_cores = cpu_start.0.zip(server.as_ref().map(Proc::cpu_seconds)).map(|(a, b)| (b - a) / window);
+    let own_cores = (Proc::own().cpu_seconds() - cpu_start.1) / window;
+    let mut total = Tally::default();
+    for task in tasks {
+        let tally = task.await.unwrap_or_default();
+        total.events += tally.events;
+        total.gaps += tally.gaps;
+        total.duplicates += tally.duplicates;
+        total.latencies_us.extend(tally.latencies_us);
+    }
+    total.latencies_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        let lat = &total.latencies_us;
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        f64::from(lat[i]) / 1000.0
+    };
+    let connections = established.load(Ordering::Relaxed);
+    let per_conn = |rss: Option<u64>| rss.zip(before).map(|(r, b)| r.saturating_sub(b) * 1024 / connections.max(1));
+    let summary = serde_json::json!({
+        "connections": connections,
+        "failed": failed.load(Ordering::Relaxed),
+        "events": total.events,
+        "events_per_s": total.events as f64 / window,
+        "gaps": total.gaps,
+        "duplicates": total.duplicates,
+        "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p999": pct(0.999), "max": pct(1.0)},
+        "server_rss_kib": {"before": before, "full": rss_full, "peak": (rss_peak > 0).then_some(rss_peak)},
+        "server_bytes_per_connection": per_conn(rss_full),
+        "server_cores": server_cores,
+        "loadgen_cores": own_cores,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap());
+    }
+}
+
+/// One SSE connection: request, response head, then chunked SSE until the window ends.
+async fn connection(
+    args: &Args,
+    n: usize,
+    measure_from: Instant,
+    measure_until: Instant,
+    established: &AtomicU64,
+) -> Result<Tally, String> {
+    let source = Ipv4Addr::new(127, 0, 0, 1 + (n % usize::from(args.sources.max(1))) as u8);
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket.bind(SocketAddr::from((source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
+    let mut stream = socket.connect(args.target).await.map_err(|e| format!("connect: {e}"))?;
+    let document = format!("{}.{}", args.prefix, n % args.documents.max(1));
+    let auth = args.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "GET /documents/{document}/progress HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{auth}\r\n",
+        args.target
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 16384];
+    let body_start = loop {
+        let read = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if read == 0 {
+            return Err("closed before the response head".into());
+        }
+        buf.extend_from_slice(&chunk[..read]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if buf.len() > 16384 {
+            return Err("response head too large".into());
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..body_start]).into_owned();
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or("").to_owned());
+    }
+    established.fetch_add(1, Ordering::Relaxed);
+    let mut dechunk = Dechunker::default();
+    let mut sse = Vec::new();
+    let mut tally = Tally::default();
+    let mut last_id = 0u64;
+    dechunk.feed(&buf[body_start..], &mut sse);
+    loop {
+        scan_events(&mut sse, &mut |id, emitted_at| {
+            let now = Instant::now();
+            if now < measure_from || now >= measure_until {
+                last_id = id.unwrap_or(last_id);
+                return;
+            }
+            if let Some(id) = id {
+                if id <= last_id {
+                    tally.duplicates += 1;
+                } else if last_id != 0 && id > last_id + 1 {
+                    tally.gaps += id - last_id - 1;
+                }
+                last_id = id;
+            }
+            tally.events += 1;
+            if let Some(emitted) = emitted_at {
+                let lag = SystemTime::now().duration_since(emitted).unwrap_or_default();
+                tally.latencies_us.push(u32::try_from(lag.as_micros()).unwrap_or(u32::MAX));
+            }
+        });
+        let remaining = measure_until.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok(tally);
+        }
+        match tokio::time::timeout(remaining, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) => return Err("server closed the stream".into()),
+            Ok(Ok(read)) => dechunk.feed(&chunk[..read], &mut sse),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Ok(tally),
+        }
+    }
+}
+
+/// HTTP/1.1 chunked transfer decoding, incremental.
+#[derive(Default)]
+struct Dechunker {
+    buf: Vec<u8>,
+    state: Chunk,
+}
+
+#[derive(Default, Clone, Copy)]
+enum Chunk {
+    /// Reading a size line.
+    #[default]
+    Size,
+    /// This many data bytes still to come.
+    Data(usize),
+    /// The CRLF after a chunk's data.
+    Crlf,
+    /// The last chunk was read.
+    Done,
+}
+
+impl Dechunker {
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.buf.extend_from_slice(input);
+        let mut pos = 0;
+        loop {
+            match self.state {
+                Chunk::Size => {
+                    let Some(end) = self.buf[pos..].windows(2).position(|w| w == b"\r\n") else { break };
+                    let line = std::str::from_utf8(&self.buf[pos..pos + end]).unwrap_or("");
+                    let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+                    pos += end + 2;
+                    self.state = if size == 0 { Chunk::Done } else { Chunk::Data(size) };
+                }
+                Chunk::Data(left) => {
+                    let take = left.min(self.buf.len() - pos);
+                    out.extend_from_slice(&self.buf[pos..pos + take]);
+                    pos += take;
+                    self.state = if take == left { Chunk::Crlf } else { Chunk::Data(left - take) };
+                    if pos == self.buf.len() {
+                        break;
+                    }
+                }
+                Chunk::Crlf if self.buf.len() - pos >= 2 => {
+                    pos += 2;
+                    self.state = Chunk::Size;
+                }
+                Chunk::Crlf | Chunk::Done => break,
+            }
+        }
+        self.buf.drain(..pos);
+    }
+}
+
+/// Takes complete events (blank-line terminated) out of `buf`, calling `each` with the id and
+/// the parsed `emittedAt` of every event that has data.
+fn scan_events(buf: &mut Vec<u8>, each: &mut impl FnMut(Option<u64>, Option<SystemTime>)) {
+    let mut start = 0;
+    while let Some(end) = buf[start..].windows(2).position(|w| w == b"\n\n") {
+        let block = &buf[start..start + end];
+        let mut id = None;
+        let mut data = None;
+        for line in block.split(|b| *b == b'\n') {
+            if let Some(value) = line.strip_prefix(b"id: ") {
+                id = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            } else if let Some(value) = line.strip_prefix(b"data: ") {
+                data = Some(value);
+            }
+        }
+        if let Some(data) = data {
+            each(id, emitted_at(data));
+        }
+        start += end + 2;
+    }
+    buf.drain(..start);
+}
+
+/// `"emittedAt":"2026-11-23T10:00:00.123456789Z"` parsed without allocating.
+fn emitted_at(json: &[u8]) -> Option<SystemTime> {
+    const KEY: &[u8] = b"\"emittedAt\":\"";
+    let at = json.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let ts = json.get(at..at + 30)?;
+    let num = |r: std::ops::Range<usize>| -> Option<u64> { std::str::from_utf8(&ts[r]).ok()?.parse().ok() };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second, nanos) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..29)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    UNIX_EPOCH.checked_add(Duration::new(secs, u32::try_from(nanos).ok()?))
+}
+
+/// A process's RSS and CPU time from /proc.
+struct Proc(String);
+
+impl Proc {
+    fn new(pid: u32) -> Self {
+        Self(format!("/proc/{pid}"))
+    }
+
+    fn own() -> Self {
+        Self("/proc/self".into())
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("{}/status", self.0)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// User plus system CPU seconds (clock ticks are 1/100 s on Linux).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("{}/stat", self.0)).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        (ticks(11) + ticks(12)) as f64 / 100.0
+    }
+}

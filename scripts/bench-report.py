@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Turns the benchmark's JSON results into the table of docs/PERFORMANCE.md (between markers)."""
+import json, os, platform, subprocess, sys, datetime
+
+results, target = sys.argv[1], sys.argv[2]
+
+def load(name):
+    path = os.path.join(results, name + ".json")
+    if not os.path.exists(path):
+        return None
+    data = json.load(open(path))
+    calls = open(os.path.join(results, name + ".calls")).read().strip()
+    data["upstream_calls"] = int(float(calls)) if calls else None
+    return data
+
+def fmt(v, unit="", digits=1):
+    return "n/a" if v is None or v != v else f"{v:,.{digits}f}{unit}"
+
+rows = []
+def row(scenario, target_text, measured, met):
+    rows.append(f"| {scenario} | {target_text} | {measured} | {'yes' if met else '**no**'} |")
+
+b = load("broadcast")
+if b:
+    row("Broadcast: 1 doc × 2,000 viewers × 150/s", "≥ 270k ev/s, p99 ≤ 25 ms, 1 upstream call",
+        f"{fmt(b['events_per_s'], digits=0)} ev/s, p99 {fmt(b['latency_ms']['p99'], ' ms')}, "
+        f"{b['upstream_calls']} call(s), BFF {fmt(b['server_cores'], ' cores', 2)}, gaps {b['gaps']}",
+        b["events_per_s"] >= 270_000 and b["latency_ms"]["p99"] <= 25 and b["upstream_calls"] == 1)
+p = load("progress")
+if p:
+    per_viewer = p["server_bytes_per_connection"]
+    row("Progress bars: 2,000 docs × 1 viewer × 5/s", "10k ev/s, p99 ≤ 10 ms, ≤ 0.3 cores, ≤ 16 KB/viewer",
+        f"{fmt(p['events_per_s'], digits=0)} ev/s, p99 {fmt(p['latency_ms']['p99'], ' ms')}, "
+        f"{fmt(p['server_cores'], ' cores', 2)}, {fmt(per_viewer and per_viewer / 1024, ' KB', 1)}/viewer",
+        p["events_per_s"] >= 9_900 and p["latency_ms"]["p99"] <= 10 and (p["server_cores"] or 9) <= 0.3
+        and (per_viewer or 1e9) <= 16 * 1024)
+i = load("idle")
+if i:
+    per = i["server_bytes_per_connection"]
+    row("Idle: 19,000 streams, heartbeats only", "≤ 8 KB RSS/stream, CPU near 0",
+        f"{i['connections']:,} streams, {fmt(per and per / 1024, ' KB', 1)}/stream, {fmt(i['server_cores'], ' cores', 3)}",
+        i["connections"] >= 19_000 and (per or 1e9) <= 8 * 1024 and (i["server_cores"] or 9) <= 0.05)
+s1, s100 = load("sharing-1"), load("sharing-100")
+if s1 and s100:
+    row("Sharing: 1,000 viewers of 1 doc / over 100 docs", "1 / 100 upstream calls",
+        f"{s1['upstream_calls']} / {s100['upstream_calls']} upstream calls",
+        s1["upstream_calls"] == 1 and s100["upstream_calls"] == 100)
+one = load("single")
+if one:
+    row("Single viewer, 10/s", "added latency p99 ≤ 1 ms",
+        f"p50 {fmt(one['latency_ms']['p50'], ' ms', 3)}, p99 {fmt(one['latency_ms']['p99'], ' ms', 3)}",
+        one["latency_ms"]["p99"] <= 1)
+
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+table = "\n".join([
+    f"Measured {datetime.date.today()} on {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
+    "load generator on the same cores. Command: `scripts/bench`.",
+    "",
+    "| scenario | target | measured | met |",
+    "|---|---|---|---|",
+    *rows,
+])
+print(table)
+doc = open(target).read() if os.path.exists(target) else "# Performance\n\n<!-- BENCH:START -->\n<!-- BENCH:END -->\n"
+start, end = doc.index("<!-- BENCH:START -->"), doc.index("<!-- BENCH:END -->")
+doc = doc[: start + len("<!-- BENCH:START -->")] + "\n" + table + "\n" + doc[end:]
+open(target, "w").write(doc)
