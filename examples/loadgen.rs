@@ -112,7 +112,8 @@ async fn main() {
             rss_full.get_or_insert(rss);
             rss_peak = rss_peak.max(rss);
         }
-        tokio::time::sleep(Duration::from_millis(250).min(measure_until.saturating_duration_since(Instant::now()))).await;
+        tokio::time::sleep(Duration::from_millis(250).min(measure_until.saturating_duration_since(Instant::now())))
+            .await;
     }
     let window = Duration::from_secs_f64(args.duration).as_secs_f64();
     let server_cores = cpu_start.0.zip(server.as_ref().map(Proc::cpu_seconds)).map(|(a, b)| (b - a) / window);

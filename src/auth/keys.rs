@@ -12,7 +12,7 @@ use jsonwebtoken::{
 use super::{AuthConfig, AuthFailure};
 
 /// The shortest HS256 secret accepted: 256 bits, as RFC 7518 requires for HS256.
-const MIN_SECRET_BYTES: usize = 32;
+pub(super) const MIN_SECRET_BYTES: usize = 32;
 
 /// Why the keys could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Map, Value, json};
 
+use super::keys::MIN_SECRET_BYTES;
+
 /// Flags of `sse-bff token`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TokenConfig {
@@ -31,8 +33,11 @@ pub struct TokenConfig {
     pub audience: Option<String>,
 }
 
-/// Signs a token for the configured subject and tenant.
-pub fn mint(config: &TokenConfig) -> Result<String, jsonwebtoken::errors::Error> {
+/// Signs a token for the configured subject and tenant, refusing a secret `serve` would refuse.
+pub fn mint(config: &TokenConfig) -> Result<String, MintError> {
+    if config.secret.len() < MIN_SECRET_BYTES {
+        return Err(MintError::ShortSecret);
+    }
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let mut claims = Map::new();
     claims.insert("sub".into(), json!(config.sub));
@@ -47,5 +52,16 @@ pub fn mint(config: &TokenConfig) -> Result<String, jsonwebtoken::errors::Error>
     if let Some(audience) = &config.audience {
         claims.insert("aud".into(), json!(audience));
     }
-    encode(&Header::default(), &Value::Object(claims), &EncodingKey::from_secret(config.secret.as_bytes()))
+    Ok(encode(&Header::default(), &Value::Object(claims), &EncodingKey::from_secret(config.secret.as_bytes()))?)
+}
+
+/// Why no token was minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The secret is shorter than `serve` accepts.
+    #[error("--secret must be at least {MIN_SECRET_BYTES} bytes long, as for `serve --jwt-secret`")]
+    ShortSecret,
+    /// Signing failed.
+    #[error("cannot sign the token: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
 }

@@ -91,14 +91,20 @@ pub fn feed(
         let mut events = events;
         let deadline = tokio::time::sleep(until_deadline);
         let heartbeat = tokio::time::sleep(settings.heartbeat);
-        tokio::pin!(deadline, heartbeat);
+        // A child token of its own: polling it locks only this stream's node, where polling the
+        // shared token would contend on one lock with every other stream, at every event.
+        let shutdown = shutdown.child_token().cancelled_owned();
+        tokio::pin!(deadline, heartbeat, shutdown);
+        // The heartbeat timer is re-armed only when it fires (not after every event): it then
+        // waits out whatever is left of the interval since the last output.
+        let mut last_output = tokio::time::Instant::now();
         if reset {
             yield Output::Reset;
         }
         let ending = loop {
             let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => Next::Shutdown,
+                () = &mut shutdown => Next::Shutdown,
                 () = &mut deadline => Next::Deadline,
                 item = events.next() => Next::Item(item),
                 () = &mut heartbeat => Next::Heartbeat,
@@ -110,6 +116,7 @@ pub fn feed(
                         metrics.first_event(viewer.started.elapsed());
                     }
                     metrics.event_sent(event.emitted_at);
+                    last_output = tokio::time::Instant::now();
                     yield Output::Event(event);
                     if terminal {
                         break Ending::Terminal;
@@ -117,13 +124,21 @@ pub fn feed(
                 }
                 Next::Item(Some(Err(error))) => break Ending::Error(ApiError::Upstream(error)),
                 Next::Item(None) => break Ending::Error(ApiError::Upstream(UpstreamError::ended_early())),
-                Next::Heartbeat => yield Output::Heartbeat,
+                Next::Heartbeat => {
+                    let due = last_output + settings.heartbeat;
+                    if tokio::time::Instant::now() >= due {
+                        last_output = tokio::time::Instant::now();
+                        heartbeat.as_mut().reset(last_output + settings.heartbeat);
+                        yield Output::Heartbeat;
+                    } else {
+                        heartbeat.as_mut().reset(due);
+                    }
+                }
                 // Spread reconnects out, so that a fleet of viewers does not come back at once.
                 Next::Shutdown => break Ending::Reconnect(settings.retry.mul_f64(0.5 + fastrand::f64())),
                 Next::Deadline if token_ends_first => break Ending::Error(ApiError::TokenExpired),
                 Next::Deadline => break Ending::Reconnect(settings.retry),
             }
-            heartbeat.as_mut().reset(tokio::time::Instant::now() + settings.heartbeat);
         };
         tracing::info!(parent: &span, ending = ending.label(), "stream ended");
         yield Output::End(ending);

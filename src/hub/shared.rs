@@ -319,6 +319,12 @@ impl Shared {
                     let _ = live.send(event);
                 }
             }
+            if terminal {
+                // Under the same lock as the terminal event: a viewer attaching now sees a
+                // finished call (and a resume at the end gets 204), never a live one that ends.
+                state.end = Some(End::Terminal);
+                state.live = None;
+            }
         }
         self.changed.send_replace(());
         terminal

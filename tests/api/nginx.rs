@@ -1,5 +1,5 @@
 //! The deployed topology, natively: the simulator, two BFF replicas and Debian's nginx with the
-//! shipped `deploy/nginx/sse-bff.conf.template`, all on loopback. `.ci/run` installs nginx.
+//! shipped `deploy/nginx/default.conf.template`, all on loopback. `.ci/run` installs nginx.
 
 use std::{
     path::PathBuf,
@@ -40,7 +40,7 @@ async fn nginx(replicas: [&TestApp; 2], read_timeout: &str) -> Nginx {
     let addr = free_addr();
     let dir = std::env::temp_dir().join(format!("sse-bff-nginx-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let template = std::fs::read_to_string(fixture("../deploy/nginx/sse-bff.conf.template")).unwrap();
+    let template = std::fs::read_to_string(fixture("../deploy/nginx/default.conf.template")).unwrap();
     let site = template
         .replace("${BFF_1}", &replicas[0].addr.to_string())
         .replace("${BFF_2}", &replicas[1].addr.to_string())
