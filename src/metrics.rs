@@ -141,7 +141,7 @@ impl Metrics {
         open.inc();
         // The handles are resolved once per stream, not once per event.
         let sent = self.events_sent.get_or_create(&labels).clone();
-        OpenStream { metrics: std::sync::Arc::clone(self), open, sent, unsampled: std::sync::atomic::AtomicU32::new(0) }
+        OpenStream { metrics: std::sync::Arc::clone(self), open, sent, unflushed: 0, delivered: 0 }
     }
 
     /// An upstream call was started.
@@ -187,20 +187,30 @@ pub struct OpenStream {
     metrics: std::sync::Arc<Metrics>,
     open: Gauge,
     sent: Counter,
-    /// Deliveries since the last lag sample.
-    unsampled: std::sync::atomic::AtomicU32,
+    /// Deliveries not yet added to the shared counter (flushed every `FLUSH_EVERY` and on drop:
+    /// every stream adding to one shared atomic at every event would contend on it).
+    unflushed: u64,
+    /// Deliveries of this stream so far, for sampling.
+    delivered: u64,
 }
+
+/// Deliveries a stream counts locally before adding them to the shared counter.
+const FLUSH_EVERY: u64 = 32;
 
 /// One delivery in this many goes into the lag histogram: observing takes a lock shared by every
 /// stream, and a sample describes the distribution as well.
-const LAG_SAMPLE_EVERY: u32 = 16;
+const LAG_SAMPLE_EVERY: u64 = 16;
 
 impl OpenStream {
     /// An event was handed to the socket.
-    pub fn event_sent(&self, emitted_at: Option<SystemTime>) {
-        self.sent.inc();
+    pub fn event_sent(&mut self, emitted_at: Option<SystemTime>) {
+        self.unflushed += 1;
+        if self.unflushed >= FLUSH_EVERY {
+            self.sent.inc_by(std::mem::take(&mut self.unflushed));
+        }
+        self.delivered += 1;
         // The first delivery of every stream is sampled, then one in LAG_SAMPLE_EVERY.
-        if !self.unsampled.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(LAG_SAMPLE_EVERY) {
+        if !(self.delivered - 1).is_multiple_of(LAG_SAMPLE_EVERY) {
             return;
         }
         if let Some(lag) = emitted_at.and_then(|at| SystemTime::now().duration_since(at).ok()) {
@@ -218,6 +228,7 @@ impl OpenStream {
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
+        self.sent.inc_by(self.unflushed);
         self.open.dec();
     }
 }

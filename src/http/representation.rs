@@ -1,7 +1,12 @@
 //! The representations of a streamed resource, negotiated on one path: SSE (the default),
 //! NDJSON, a JSON long-poll, and a WebSocket. All of them read the same hub feed.
 
-use std::{convert::Infallible, time::Duration};
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
 use axum::{
     Json,
@@ -104,7 +109,7 @@ fn line(json: &[u8]) -> Bytes {
 fn streaming(body: impl Stream<Item = Bytes> + Send + 'static, content_type: &'static str) -> Response {
     // Whatever is ready at once goes out as one chunk: under load a viewer that wakes up to
     // several events pays for one write instead of one per event.
-    let body = body.ready_chunks(COALESCE).map(|frames| Ok::<_, Infallible>(join(frames)));
+    let body = Coalesce { inner: Box::pin(body), done: false }.map(Ok::<_, Infallible>);
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -116,21 +121,43 @@ fn streaming(body: impl Stream<Item = Bytes> + Send + 'static, content_type: &'s
 /// The most frames joined into one write.
 const COALESCE: usize = 16;
 
-fn join(mut frames: Vec<Bytes>) -> Bytes {
-    if frames.len() == 1 {
-        return frames.pop().unwrap_or_default();
+/// Joins the frames that are ready at once into one chunk, so a viewer that wakes up to several
+/// pays for one write; a lone frame passes through without a copy or an allocation.
+struct Coalesce<S> {
+    inner: Pin<Box<S>>,
+    done: bool,
+}
+
+impl<S: Stream<Item = Bytes>> Stream for Coalesce<S> {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let Some(first) = ready!(self.inner.as_mut().poll_next(cx)) else {
+            self.done = true;
+            return Poll::Ready(None);
+        };
+        let mut joined: Option<BytesMut> = None;
+        for _ in 1..COALESCE {
+            match self.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(next)) => joined.get_or_insert_with(|| BytesMut::from(&first[..])).put_slice(&next),
+                Poll::Ready(None) => {
+                    self.done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Some(joined.map_or(first, BytesMut::freeze)))
     }
-    let mut out = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
-    for frame in frames {
-        out.put_slice(&frame);
-    }
-    out.freeze()
 }
 
 /// The long-poll answer.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Poll {
+struct LongPoll {
     events: Vec<Box<RawValue>>,
     last_event_id: u64,
     done: bool,
@@ -145,13 +172,13 @@ pub async fn long_poll(
     reset: bool,
     after: Option<u64>,
     wait: Duration,
-    viewer: Viewer,
+    mut viewer: Viewer,
 ) -> Response {
     let first = match after {
         None => events.next().now_or_never().flatten(),
         Some(_) => tokio::time::timeout(wait, events.next()).await.ok().flatten(),
     };
-    let mut poll = Poll { events: Vec::new(), last_event_id: after.unwrap_or(0), done: false, reset };
+    let mut poll = LongPoll { events: Vec::new(), last_event_id: after.unwrap_or(0), done: false, reset };
     let mut next = first;
     while let Some(item) = next {
         match item {
@@ -178,7 +205,7 @@ pub async fn long_poll(
 
 /// A finished resource as a long-poll answer.
 pub fn long_poll_finished(after: u64) -> Response {
-    Json(Poll { events: Vec::new(), last_event_id: after, done: true, reset: false }).into_response()
+    Json(LongPoll { events: Vec::new(), last_event_id: after, done: true, reset: false }).into_response()
 }
 
 /// A WebSocket: one text frame per event, `{"id":"7","event":"progress","data":{...}}`, pings

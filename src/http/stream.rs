@@ -86,7 +86,7 @@ pub fn feed(
     let until_deadline = until_expiry.map_or(settings.max_lifetime, |left| left.min(settings.max_lifetime));
     async_stream::stream! {
         let _permit = viewer.permit;
-        let metrics = viewer.metrics;
+        let mut metrics = viewer.metrics;
         let mut first = true;
         let mut events = events;
         let deadline = tokio::time::sleep(until_deadline);
@@ -101,12 +101,15 @@ pub fn feed(
         if reset {
             yield Output::Reset;
         }
+        let deadline_at = tokio::time::Instant::now() + until_deadline;
         let ending = loop {
+            // Events come before the timers, so a busy stream polls no timer per event; the
+            // deadline is then checked against the clock read for the event anyway.
             let next = tokio::select! {
                 biased;
                 () = &mut shutdown => Next::Shutdown,
-                () = &mut deadline => Next::Deadline,
                 item = events.next() => Next::Item(item),
+                () = &mut deadline => Next::Deadline,
                 () = &mut heartbeat => Next::Heartbeat,
             };
             match next {
@@ -120,6 +123,9 @@ pub fn feed(
                     yield Output::Event(event);
                     if terminal {
                         break Ending::Terminal;
+                    }
+                    if last_output >= deadline_at {
+                        break deadline_ending(token_ends_first, &settings);
                     }
                 }
                 Next::Item(Some(Err(error))) => break Ending::Error(ApiError::Upstream(error)),
@@ -136,13 +142,17 @@ pub fn feed(
                 }
                 // Spread reconnects out, so that a fleet of viewers does not come back at once.
                 Next::Shutdown => break Ending::Reconnect(settings.retry.mul_f64(0.5 + fastrand::f64())),
-                Next::Deadline if token_ends_first => break Ending::Error(ApiError::TokenExpired),
-                Next::Deadline => break Ending::Reconnect(settings.retry),
+                Next::Deadline => break deadline_ending(token_ends_first, &settings),
             }
         };
         tracing::info!(parent: &span, ending = ending.label(), "stream ended");
         yield Output::End(ending);
     }
+}
+
+/// The end at the stream's deadline: the token expired, or the maximum lifetime was reached.
+fn deadline_ending(token_expired: bool, settings: &StreamSettings) -> Ending {
+    if token_expired { Ending::Error(ApiError::TokenExpired) } else { Ending::Reconnect(settings.retry) }
 }
 
 impl Ending {
