@@ -16,6 +16,7 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::mpsc};
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, transport::Server};
@@ -158,13 +159,20 @@ impl Sim {
         let jobs_shutdown = self.service.inner.shutdown.clone();
         let addr = self.local_addr();
         tracing::info!(%addr, "upstream simulator listening");
+        // Updates are small writes: without TCP_NODELAY, Nagle holds one back until the previous
+        // is acknowledged, and a delayed ACK makes that 40 ms.
+        let incoming = TcpListenerStream::new(self.listener).map(|stream| {
+            let stream = stream?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        });
         let result = Server::builder()
             .max_concurrent_streams(self.max_concurrent_streams)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(DocumentProcessorServer::new(self.service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.cancelled().await;
                 // Open streams would hold a graceful shutdown forever; end them first.
                 jobs_shutdown.cancel();
