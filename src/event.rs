@@ -52,9 +52,17 @@ pub struct StreamEvent {
 }
 
 impl StreamEvent {
-    /// An event with its SSE frame encoded.
-    pub fn new(id: u64, kind: EventKind, data: Bytes, emitted_at: Option<SystemTime>) -> Self {
-        let sse = sse::frame(Some(&id.to_string()), kind.name(), &data);
+    /// An event with its SSE frame encoded. `data` is then kept as a slice of the frame, so the
+    /// JSON is stored once (replay logs hold many events).
+    pub fn new(id: u64, kind: EventKind, data: &[u8], emitted_at: Option<SystemTime>) -> Self {
+        let id_text = id.to_string();
+        let sse = sse::frame(Some(&id_text), kind.name(), data);
+        // One-line data sits right after "id: <id>\nevent: <name>\ndata: " in the frame.
+        let start = "id: \nevent: \ndata: ".len() + id_text.len() + kind.name().len();
+        let data = match sse.get(start..start + data.len()) {
+            Some(slice) if slice == data => sse.slice(start..start + data.len()),
+            _ => Bytes::copy_from_slice(data),
+        };
         Self { id, kind, data, emitted_at, sse }
     }
 }

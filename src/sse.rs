@@ -135,8 +135,8 @@ mod tests {
 
     #[test]
     fn events_from_the_upstream_carry_static_names_and_numeric_ids() {
-        let update =
-            StreamEvent::new(7, crate::event::EventKind::Failed, Bytes::from_static(br#"{"message":"a\nb"}"#), None);
+        let update = StreamEvent::new(7, crate::event::EventKind::Failed, br#"{"message":"a\nb"}"#, None);
         assert_eq!(&update.sse[..], b"id: 7\nevent: failed\ndata: {\"message\":\"a\\nb\"}\n\n");
+        assert_eq!(&update.data[..], br#"{"message":"a\nb"}"#, "the data is the frame's own bytes");
     }
 }

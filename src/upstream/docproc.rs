@@ -6,7 +6,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use bytes::Bytes;
 use futures_util::{StreamExt as _, future::BoxFuture};
 use serde::Serialize;
 use tonic::{Code, metadata::MetadataValue};
@@ -126,7 +125,7 @@ fn map_update(update: ProcessingUpdate) -> Result<StreamEvent, UpstreamError> {
     };
     let json = serde_json::to_vec(&data)
         .map_err(|e| UpstreamError::new(Code::Internal, format!("cannot encode update: {e}")))?;
-    Ok(StreamEvent::new(update.sequence, kind, Bytes::from(json), emitted_at))
+    Ok(StreamEvent::new(update.sequence, kind, &json, emitted_at))
 }
 
 /// RFC 3339 in UTC with all nine fractional digits, so clients never lose precision and every
