@@ -497,3 +497,14 @@ async fn unsafe_auth_configurations_refuse_to_start() {
     ]);
     assert!(parsed.unwrap_err().to_string().contains("not allowed with credentials"));
 }
+
+#[tokio::test]
+async fn the_global_connection_limit_is_429_for_everyone() {
+    let app = TestApp::builder().speed(1.0).configure(|c| c.max_streams = 2).spawn().await;
+    let first = app.open_progress_as("slow", &token("alice", "acme")).await;
+    let second = app.open_progress_as("slow", &token("bob", "acme")).await;
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let third = app.open_progress_as("slow", &token("carol", "acme")).await;
+    assert!(third.headers().contains_key("retry-after"));
+    assert_eq!(problem(third, 429).await["code"], "too_many_streams");
+}
