@@ -70,8 +70,11 @@ pub struct ShareKey {
 
 /// The outcome of a subscription.
 pub enum Subscription {
-    /// The viewer already has the terminal event: nothing more will come (HTTP 204).
-    Finished,
+    /// The viewer already has the terminal event, `last`: nothing more will come (HTTP 204).
+    Finished {
+        /// The terminal event's sequence.
+        last: u64,
+    },
     /// Events to deliver; `reset` when the requested resume point could not be replayed and
     /// the stream restarts from the current state.
     Live {
@@ -85,7 +88,7 @@ pub enum Subscription {
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Finished => f.write_str("Finished"),
+            Self::Finished { last } => f.debug_struct("Finished").field("last", last).finish(),
             Self::Live { reset, .. } => f.debug_struct("Live").field("reset", reset).finish_non_exhaustive(),
         }
     }
@@ -202,7 +205,7 @@ impl Hub {
             shared::Attach::Failed(error) if error.code == tonic::Code::OutOfRange => {
                 match Box::pin(self.subscribe(call, None)).await? {
                     Subscription::Live { events, .. } => Ok(Subscription::Live { reset: true, events }),
-                    Subscription::Finished => Ok(Subscription::Finished),
+                    finished @ Subscription::Finished { .. } => Ok(finished),
                 }
             }
             shared::Attach::Failed(error) => Err(error),

@@ -56,22 +56,29 @@ pub enum ApiError {
     NotReady(String),
 }
 
-/// The JSON body of both representations. Field names follow RFC 9457 plus the contract's
-/// `code`, `grpcStatus`, `httpStatus` and `retryable`.
+/// The error's data as streams carry it (`event: error`, NDJSON, WebSocket): exactly the
+/// contract's fields.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Body<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    title: &'static str,
-    status: u16,
-    detail: &'a str,
+struct ErrorData<'a> {
     code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     grpc_status: Option<i32>,
     http_status: u16,
     message: &'a str,
     retryable: bool,
+}
+
+/// An `application/problem+json` body (RFC 9457) with the same data as its extension members.
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    #[serde(flatten)]
+    data: ErrorData<'a>,
 }
 
 impl ApiError {
@@ -132,24 +139,33 @@ impl ApiError {
         }
     }
 
-    /// The JSON body shared by the problem response, the SSE error event and the other
-    /// representations.
+    /// The error's data as streams carry it: `code`, `grpcStatus` (upstream errors),
+    /// `httpStatus`, `message`, `retryable`.
     pub fn body(&self) -> Vec<u8> {
+        let message = self.to_string();
+        to_json(&self.data(&message))
+    }
+
+    fn data<'a>(&self, message: &'a str) -> ErrorData<'a> {
+        ErrorData {
+            code: self.code(),
+            grpc_status: self.grpc_status(),
+            http_status: self.status().as_u16(),
+            message,
+            retryable: self.retryable(),
+        }
+    }
+
+    fn problem(&self) -> Vec<u8> {
         let status = self.status();
         let message = self.to_string();
-        let body = Body {
+        to_json(&Problem {
             kind: "about:blank",
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: &message,
-            code: self.code(),
-            grpc_status: self.grpc_status(),
-            http_status: status.as_u16(),
-            message: &message,
-            retryable: self.retryable(),
-        };
-        // Serialising plain strings and numbers cannot fail; an empty object is a safe fallback.
-        serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec())
+            data: self.data(&message),
+        })
     }
 
     /// The `event: error` frame that ends a stream that already answered 200.
@@ -162,7 +178,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut response =
-            (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))], self.body())
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))], self.problem())
                 .into_response();
         let headers = response.headers_mut();
         if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
@@ -173,6 +189,11 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Serialising plain strings and numbers cannot fail; an empty object is a safe fallback.
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 fn http_status_of(code: Code) -> StatusCode {

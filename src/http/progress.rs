@@ -83,11 +83,11 @@ pub async fn progress(
     let call = Call { id: document_id, resume_after: 0, identity };
     let subscription = state.progress.subscribe(call, resume).await.map_err(ApiError::Upstream)?;
     let (reset, events) = match subscription {
-        Subscription::Finished if representation == Some(Representation::LongPoll) => {
-            return Ok(representation::long_poll_finished(resume.unwrap_or(0)));
+        Subscription::Finished { last } if representation == Some(Representation::LongPoll) => {
+            return Ok(representation::long_poll_finished(last));
         }
         // The viewer already has the terminal event: 204 tells EventSource to stop reconnecting.
-        Subscription::Finished => return Ok(StatusCode::NO_CONTENT.into_response()),
+        Subscription::Finished { .. } => return Ok(StatusCode::NO_CONTENT.into_response()),
         Subscription::Live { reset, events } => (reset, events),
     };
     let transport = match (&upgrade, representation) {

@@ -200,12 +200,16 @@ pub async fn long_poll(
         }
         next = events.next().now_or_never().flatten();
     }
-    (StatusCode::OK, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(poll)).into_response()
+    poll_response(&poll)
 }
 
-/// A finished resource as a long-poll answer.
-pub fn long_poll_finished(after: u64) -> Response {
-    Json(LongPoll { events: Vec::new(), last_event_id: after, done: true, reset: false }).into_response()
+/// A finished resource as a long-poll answer: no events, the terminal event's id, done.
+pub fn long_poll_finished(last: u64) -> Response {
+    poll_response(&LongPoll { events: Vec::new(), last_event_id: last, done: true, reset: false })
+}
+
+fn poll_response(poll: &LongPoll) -> Response {
+    (StatusCode::OK, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(poll)).into_response()
 }
 
 /// A WebSocket: one text frame per event, `{"id":"7","event":"progress","data":{...}}`, pings

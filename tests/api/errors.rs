@@ -84,6 +84,9 @@ async fn an_upstream_error_mid_stream_ends_with_an_error_event() {
     assert_eq!(names, ["progress", "progress", "error"]);
     let (id, _, error) = &events[2];
     assert_eq!(id, &None, "an error event carries no id, so a reconnect resumes after the last update");
+    let mut fields: Vec<&str> = error.as_object().unwrap().keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["code", "grpcStatus", "httpStatus", "message", "retryable"], "exactly the contract's fields");
     assert_eq!(error["code"], "data_loss");
     assert_eq!(error["grpcStatus"], 15);
     assert_eq!(error["httpStatus"], 500);

@@ -38,7 +38,7 @@ const processes = new Set();
 before(async () => {
   await mkdir(ARTIFACTS, { recursive: true });
   browser = await chromium.launch(LAUNCH);
-  console.log(`# chromium ${browser.version()} (${LAUNCH.executablePath}), sse-bff ${BIN}`);
+  console.log(`chromium ${browser.version()} (${LAUNCH.executablePath}), sse-bff ${BIN}`);
 });
 
 after(async () => {
@@ -60,9 +60,13 @@ function freePort() {
   });
 }
 
+const logged = new Set();
+
 /** Starts `sse-bff <args>`, logging to artifacts/<name>.log; `stop()` sends SIGTERM, then SIGKILL. */
 function start(name, args) {
-  const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`), { flags: 'a' });
+  // A restarted server appends to the log of its first run.
+  const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`), { flags: logged.has(name) ? 'a' : 'w' });
+  logged.add(name);
   const child = spawn(BIN, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
   child.stdout.pipe(log, { end: false });
   child.stderr.pipe(log, { end: false });
@@ -112,15 +116,6 @@ async function startDemo() {
 async function newPage() {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
-  // DEV-ONLY-BEGIN
-  if (process.env.DEV_STATIC) {
-    await context.route((u) => u.pathname === '/' || u.pathname === '/client.js', async (route) => {
-      const response = await route.fetch();
-      const file = new URL(route.request().url()).pathname === '/' ? 'index.html' : 'client.js';
-      await route.fulfill({ response, body: readFileSync(path.join(ROOT, 'static', file), 'utf8') });
-    });
-  }
-  // DEV-ONLY-END
   await page.addInitScript(() => {
     window.__states = {};
     new MutationObserver((mutations) => {
