@@ -141,7 +141,7 @@ impl Metrics {
         open.inc();
         // The handles are resolved once per stream, not once per event.
         let sent = self.events_sent.get_or_create(&labels).clone();
-        OpenStream { metrics: std::sync::Arc::clone(self), open, sent, unflushed: 0, delivered: 0 }
+        OpenStream { metrics: std::sync::Arc::clone(self), open, sent, delivered: 0 }
     }
 
     /// An upstream call was started.
@@ -187,15 +187,9 @@ pub struct OpenStream {
     metrics: std::sync::Arc<Metrics>,
     open: Gauge,
     sent: Counter,
-    /// Deliveries not yet added to the shared counter (flushed every `FLUSH_EVERY` and on drop:
-    /// every stream adding to one shared atomic at every event would contend on it).
-    unflushed: u64,
     /// Deliveries of this stream so far, for sampling.
     delivered: u64,
 }
-
-/// Deliveries a stream counts locally before adding them to the shared counter.
-const FLUSH_EVERY: u64 = 32;
 
 /// One delivery in this many goes into the lag histogram: observing takes a lock shared by every
 /// stream, and a sample describes the distribution as well.
@@ -204,10 +198,7 @@ const LAG_SAMPLE_EVERY: u64 = 16;
 impl OpenStream {
     /// An event was handed to the socket.
     pub fn event_sent(&mut self, emitted_at: Option<SystemTime>) {
-        self.unflushed += 1;
-        if self.unflushed >= FLUSH_EVERY {
-            self.sent.inc_by(std::mem::take(&mut self.unflushed));
-        }
+        self.sent.inc();
         self.delivered += 1;
         // The first delivery of every stream is sampled, then one in LAG_SAMPLE_EVERY.
         if !(self.delivered - 1).is_multiple_of(LAG_SAMPLE_EVERY) {
@@ -228,7 +219,6 @@ impl OpenStream {
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.sent.inc_by(self.unflushed);
         self.open.dec();
     }
 }
