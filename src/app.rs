@@ -6,6 +6,7 @@ use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::health_client::HealthClient;
+use tower::make::Shared;
 
 use crate::{
     auth::{Authenticator, KeyError},
@@ -40,7 +41,7 @@ pub enum BuildError {
 #[derive(Debug)]
 pub struct App {
     listener: TcpListener,
-    router: axum::Router,
+    service: http::HttpService,
     shutdown: CancellationToken,
     grace: Duration,
     stall_timeout: Duration,
@@ -96,7 +97,7 @@ impl App {
             .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
         Ok(Self {
             listener,
-            router: http::router(state, &edge),
+            service: http::service(state, &edge),
             shutdown,
             grace: config.shutdown_grace,
             stall_timeout: config.stall_timeout,
@@ -114,7 +115,7 @@ impl App {
         let addr = self.local_addr();
         tracing::info!(%addr, "sse-bff listening");
         let shutdown = self.shutdown.clone();
-        let server = axum::serve(GuardedListener::new(self.listener, self.stall_timeout), self.router)
+        let server = axum::serve(GuardedListener::new(self.listener, self.stall_timeout), Shared::new(self.service))
             .with_graceful_shutdown(async move { shutdown.cancelled().await });
         let stopped = self.shutdown.clone();
         let grace = self.grace;

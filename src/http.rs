@@ -8,7 +8,7 @@ mod progress;
 mod representation;
 mod stream;
 
-use std::{sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -21,6 +21,7 @@ use axum::{
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
+use tower::{ServiceBuilder, util::BoxCloneSyncService};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     trace::TraceLayer,
@@ -66,8 +67,14 @@ pub struct EdgeSettings {
     pub max_header_bytes: usize,
 }
 
-/// The router with its layer stack.
-pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
+/// A clonable HTTP service, as the server runs it.
+pub type HttpService = BoxCloneSyncService<Request<Body>, Response, Infallible>;
+
+/// The routes behind their layer stack.
+///
+/// The layers wrap the router as a whole, once. (`Router::layer` would wrap every route, and
+/// axum clones a route's whole boxed stack for every request: about 8 KB more per open stream.)
+pub fn service(state: AppState, edge: &EdgeSettings) -> HttpService {
     let routes = Router::new()
         .route(crate::upstream::DocumentProgress::ROUTE, get(progress::progress))
         .route("/", get(pages::index))
@@ -77,35 +84,39 @@ pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .with_state(state);
-    // `Router::layer` wraps what is already there, so the last layer added is the outermost:
-    // requests pass trace → header bound → CORS → routes. There is deliberately no compression
-    // layer: compressing an event stream buffers it.
     let max_header_bytes = edge.max_header_bytes;
-    routes
-        // Answers preflights and adds CORS headers, only for the configured origins, never `*`
-        // (credentials are allowed).
-        .layer(cors(&edge.cors_origins))
+    // Listed outermost first. There is deliberately no compression layer: compressing an event
+    // stream buffers it.
+    let stack = ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(Body::new))
+        // One span per request, carrying only method and path: the query string may hold a
+        // token and is never logged.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    tracing::info_span!("http", method = %request.method(), path = request.uri().path())
+                })
+                .on_request(())
+                .on_response(|response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                    tracing::info!(status = response.status().as_u16(), ?latency, "response");
+                }),
+        )
         // Bounds request headers before any handler parses them.
         .layer(middleware::from_fn(move |request: Request<Body>, next: Next| {
             bound_headers(max_header_bytes, request, next)
         }))
-        // One span per request, carrying only method and path: the query string may hold a
-        // token and is never logged.
-        .layer(TraceLayer::new_for_http()
-            .make_span_with(|request: &Request<_>| {
-                tracing::info_span!("http", method = %request.method(), path = request.uri().path())
-            })
-            .on_request(())
-            .on_response(|response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
-                tracing::info!(status = response.status().as_u16(), ?latency, "response");
-            }))
+        // Answers preflights and adds CORS headers, only for the configured origins, never `*`
+        // (credentials are allowed); absent when no origin is configured.
+        .option_layer(cors(&edge.cors_origins))
+        .service(routes);
+    BoxCloneSyncService::new(stack)
 }
 
-fn cors(origins: &[HeaderValue]) -> CorsLayer {
+fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
     if origins.is_empty() {
-        return CorsLayer::new();
+        return None;
     }
-    CorsLayer::new()
+    let layer = CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins.iter().cloned()))
         .allow_credentials(true)
         .allow_methods([Method::GET])
@@ -116,7 +127,8 @@ fn cors(origins: &[HeaderValue]) -> CorsLayer {
             HeaderName::from_static("last-event-id"),
         ])
         .expose_headers([HeaderName::from_static("x-request-id")])
-        .max_age(Duration::from_secs(600))
+        .max_age(Duration::from_secs(600));
+    Some(layer)
 }
 
 async fn bound_headers(max: usize, request: Request<Body>, next: Next) -> Response {
