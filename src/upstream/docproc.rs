@@ -7,15 +7,20 @@ use std::{
 };
 
 use futures_util::{StreamExt as _, future::BoxFuture};
+use http::uri::PathAndQuery;
 use serde::Serialize;
-use tonic::{Code, metadata::MetadataValue};
+use tonic::{
+    Code,
+    client::Grpc,
+    codec::{BufferSettings, Codec},
+    metadata::MetadataValue,
+};
+use tonic_prost::ProstCodec;
 
 use super::{Call, EventStream, Identity, Resource, UpstreamError, UpstreamPool};
 use crate::{
     event::{EventKind, StreamEvent},
-    pb::docproc::v1::{
-        ProcessDocumentRequest, ProcessingStatus, ProcessingUpdate, document_processor_client::DocumentProcessorClient,
-    },
+    pb::docproc::v1::{ProcessDocumentRequest, ProcessingStatus, ProcessingUpdate},
 };
 
 /// Document processing progress, served at `/documents/{document_id}/progress`.
@@ -45,14 +50,19 @@ impl Resource for DocumentProgress {
         let lease = self.pool.lease();
         // Messages can carry long human-readable text; 4 MiB (tonic's default) bounds the memory
         // one upstream message may take.
-        let mut client = DocumentProcessorClient::new(lease.channel.clone()).max_decoding_message_size(4 << 20);
+        let mut client = Grpc::new(lease.channel.clone()).max_decoding_message_size(4 << 20);
         let deadline = self.deadline;
         Box::pin(async move {
             let mut request =
                 tonic::Request::new(ProcessDocumentRequest { document_id: call.id, resume_after: call.resume_after });
             request.set_timeout(deadline);
             attach_identity(request.metadata_mut(), &call.identity);
-            let response = client.process_document(request).await?;
+            client
+                .ready()
+                .await
+                .map_err(|e| UpstreamError::new(Code::Unavailable, format!("upstream not ready: {e}")))?;
+            let response =
+                client.server_streaming(request, PathAndQuery::from_static(PROCESS_DOCUMENT), SmallBuffers).await?;
             // The lease travels with the stream: the connection counts the call until it ends.
             let events = response.into_inner().map(move |item| {
                 let _ = &lease;
@@ -60,6 +70,30 @@ impl Resource for DocumentProgress {
             });
             Ok(Box::pin(events) as EventStream)
         })
+    }
+}
+
+/// The method's path, as the generated client would call it.
+const PROCESS_DOCUMENT: &str = "/docproc.v1.DocumentProcessor/ProcessDocument";
+
+/// prost encoding with a small initial decode buffer. Updates are a few hundred bytes, and the
+/// default 8 KiB buffer would be held by every open upstream call for its whole life; the buffer
+/// still grows for larger messages (up to the 4 MiB bound).
+#[derive(Debug, Clone, Copy)]
+struct SmallBuffers;
+
+impl Codec for SmallBuffers {
+    type Encode = ProcessDocumentRequest;
+    type Decode = ProcessingUpdate;
+    type Encoder = <ProstCodec<ProcessDocumentRequest, ProcessingUpdate> as Codec>::Encoder;
+    type Decoder = <ProstCodec<ProcessDocumentRequest, ProcessingUpdate> as Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<ProcessDocumentRequest, ProcessingUpdate>::default().encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<ProcessDocumentRequest, ProcessingUpdate>::raw_decoder(BufferSettings::new(1024, 32 * 1024))
     }
 }
 
