@@ -95,18 +95,25 @@ async fn an_upstream_restart_is_invisible_to_the_viewer() {
     assert_eq!(received, (1..=8).collect::<Vec<_>>(), "one continuous, gap-free sequence");
 }
 
+/// A raw connection with a 4 KiB receive buffer that has asked for `document` from the first
+/// event and reads nothing until the test says so.
+async fn stalled_viewer(app: &TestApp, document: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /documents/{document}/progress?lastEventId=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
 #[tokio::test]
 async fn a_stalled_viewer_neither_delays_others_nor_misses_the_end() {
     let app = TestApp::spawn().await;
     // A viewer with a tiny receive window that reads nothing until the job is over.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(app.addr).await.unwrap();
-    let request = format!(
-        "GET /documents/firehose/progress?lastEventId=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
-        app.token
-    );
-    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut stalled = stalled_viewer(&app, "firehose").await;
 
     let started = std::time::Instant::now();
     let frames = app.transcript("firehose").await;
@@ -127,14 +134,7 @@ async fn a_stalled_viewer_neither_delays_others_nor_misses_the_end() {
 #[tokio::test]
 async fn a_viewer_that_never_reads_is_dropped_after_the_stall_timeout() {
     let app = TestApp::builder().configure(|c| c.stall_timeout = Duration::from_millis(500)).spawn().await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(app.addr).await.unwrap();
-    let request = format!(
-        "GET /documents/flood/progress?lastEventId=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
-        app.token
-    );
-    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut stalled = stalled_viewer(&app, "flood").await;
     // A 32 MB flood fills both socket buffers within a second; the server gives up half a
     // second after its writes block, long before the flood is over.
     tokio::time::sleep(Duration::from_secs(3)).await;
