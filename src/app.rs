@@ -15,7 +15,7 @@ use crate::{
     hub::Hub,
     metrics::Metrics,
     net::GuardedListener,
-    upstream::{ChannelError, DocumentProgress, UpstreamChannel},
+    upstream::{ChannelError, DocumentProgress, SharedResource, UpstreamChannel},
 };
 
 /// Why the BFF could not start.
@@ -68,12 +68,12 @@ impl App {
             );
         }
         let metrics = Arc::new(Metrics::default());
+        let hub =
+            |resource: SharedResource| Hub::new(resource, config.hub_settings(Arc::clone(&metrics)), shutdown.clone());
+        // The streamed resources, one line each: a resource is its mapping file (see
+        // `upstream/docproc.rs`) and this line; routes and handlers come from it.
+        let hubs = [hub(Arc::new(DocumentProgress::new(Arc::clone(&pool), config.upstream_deadline)))];
         let state = AppState {
-            progress: Hub::new(
-                Arc::new(DocumentProgress::new(pool, config.upstream_deadline)),
-                config.hub_settings(Arc::clone(&metrics)),
-                shutdown.clone(),
-            ),
             stream: StreamSettings {
                 heartbeat: config.heartbeat,
                 retry: config.retry,
@@ -97,7 +97,7 @@ impl App {
             .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
         Ok(Self {
             listener,
-            service: http::service(state, &edge),
+            service: http::service(state, &edge, &hubs),
             shutdown,
             grace: config.shutdown_grace,
             stall_timeout: config.stall_timeout,

@@ -4,8 +4,8 @@ mod error;
 mod health;
 mod limits;
 mod pages;
-mod progress;
 mod representation;
+mod resource;
 mod stream;
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -30,7 +30,7 @@ use tower_http::{
 pub use error::ApiError;
 
 pub use limits::StreamLimits;
-pub use progress::{last_event_id, valid_document_id};
+pub use resource::{last_event_id, valid_document_id};
 pub use stream::StreamSettings;
 
 use crate::{auth::Authenticator, hub::Hub, metrics::Metrics};
@@ -38,8 +38,6 @@ use crate::{auth::Authenticator, hub::Hub, metrics::Metrics};
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// Document progress streams.
-    pub progress: Hub,
     /// Heartbeat and retry timing.
     pub stream: StreamSettings,
     /// Cancelled when the service starts shutting down.
@@ -74,15 +72,24 @@ pub type HttpService = BoxCloneSyncService<Request<Body>, Response, Infallible>;
 ///
 /// The layers wrap the router as a whole, once. (`Router::layer` would wrap every route, and
 /// axum clones a route's whole boxed stack for every request: about 8 KB more per open stream.)
-pub fn service(state: AppState, edge: &EdgeSettings) -> HttpService {
-    let routes = Router::new()
-        .route(crate::upstream::DocumentProgress::ROUTE, get(progress::progress))
+pub fn service(state: AppState, edge: &EdgeSettings, hubs: &[Hub]) -> HttpService {
+    let mut routes = Router::new();
+    // One route per streamed resource, all served by the same handler through their own hub.
+    for hub in hubs {
+        let hub = hub.clone();
+        routes = routes.route(
+            hub.route(),
+            get(move |state, path, headers, uri, upgrade| resource::stream(hub, state, path, headers, uri, upgrade)),
+        );
+    }
+    let templates: Vec<&'static str> = hubs.iter().map(Hub::route).collect();
+    let routes = routes
         .route("/", get(pages::index))
         .route("/client.js", get(pages::client))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .fallback(not_found)
+        .fallback(move |uri: Uri| not_found(uri, templates.clone()))
         .with_state(state);
     let max_header_bytes = edge.max_header_bytes;
     // Listed outermost first. There is deliberately no compression layer: compressing an event
@@ -139,13 +146,14 @@ async fn bound_headers(max: usize, request: Request<Body>, next: Next) -> Respon
     next.run(request).await
 }
 
-/// Unknown paths get a problem body too. A path shaped like a progress stream whose id the
+/// Unknown paths get a problem body too. A path shaped like a resource's route whose id the
 /// router could not capture (empty, or with a `/` in it) is a malformed id, not a missing route.
-async fn not_found(uri: Uri) -> ApiError {
+async fn not_found(uri: Uri, templates: Vec<&'static str>) -> ApiError {
     let path = uri.path();
-    if path.starts_with("/documents/") && path.ends_with("/progress") {
-        ApiError::InvalidDocumentId
-    } else {
-        ApiError::NoRoute
-    }
+    let shaped_like = |template: &&str| {
+        template.split_once('{').zip(template.rsplit_once('}')).is_some_and(|((prefix, _), (_, suffix))| {
+            path.len() >= prefix.len() + suffix.len() && path.starts_with(prefix) && path.ends_with(suffix)
+        })
+    };
+    if templates.iter().any(shaped_like) { ApiError::InvalidDocumentId } else { ApiError::NoRoute }
 }

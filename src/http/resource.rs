@@ -1,5 +1,6 @@
-//! `GET /documents/{document_id}/progress`: validates the request at the edge, then opens the
-//! document's stream through the hub and answers with SSE.
+//! `GET` on a streamed resource (for documents: `/documents/{document_id}/progress`): validates
+//! the request at the edge, authenticates it, opens the resource's stream through its hub, and
+//! answers in the negotiated representation. Nothing here is specific to documents.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use super::{
 };
 use crate::{
     auth::Principal,
-    hub::Subscription,
+    hub::{Hub, Subscription},
     metrics::Transport,
     upstream::{Call, Identity},
 };
@@ -34,9 +35,10 @@ const MAX_LAST_EVENT_ID: usize = 20;
 /// The default and the longest long-poll wait, in seconds.
 const POLL_WAIT: (u64, u64) = (25, 60);
 
-/// Streams a document's processing progress in the representation the client asked for.
-#[tracing::instrument(skip_all, fields(route = state.progress.route(), document_id, request_id, user))]
-pub async fn progress(
+/// Streams a resource's events in the representation the client asked for.
+#[tracing::instrument(skip_all, fields(route = hub.route(), id, request_id, user))]
+pub async fn stream(
+    hub: Hub,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -60,7 +62,7 @@ pub async fn progress(
     if !valid_document_id(&document_id) {
         return Err(ApiError::InvalidDocumentId);
     }
-    span.record("document_id", document_id.as_str());
+    span.record("id", document_id.as_str());
     let upgrade = upgrade.ok();
     let representation = match upgrade {
         Some(_) => None,
@@ -81,7 +83,7 @@ pub async fn progress(
     span.record("request_id", identity.request_id.as_str());
     let request_id = HeaderValue::from_str(&identity.request_id).ok();
     let call = Call { id: document_id, resume_after: 0, identity };
-    let subscription = state.progress.subscribe(call, resume).await.map_err(ApiError::Upstream)?;
+    let subscription = hub.subscribe(call, resume).await.map_err(ApiError::Upstream)?;
     let (reset, events) = match subscription {
         Subscription::Finished { last } if representation == Some(Representation::LongPoll) => {
             return Ok(representation::long_poll_finished(last));
@@ -96,7 +98,7 @@ pub async fn progress(
         (None, Some(Representation::Ndjson)) => Transport::Ndjson,
         (None, _) => Transport::Sse,
     };
-    let metrics = state.metrics.stream_opened(state.progress.route(), transport);
+    let metrics = state.metrics.stream_opened(hub.route(), transport);
     let viewer = Viewer { permit, expires_at: principal.map(|p| p.expires_at), metrics, started };
     let mut response = if transport == Transport::LongPoll {
         representation::long_poll(events, reset, resume, wait, viewer).await
