@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 
-use crate::helpers::{SseReader, TestApp, bearer, events, problem};
+use crate::helpers::{SseReader, TestApp, bearer, events, names, problem};
 
 #[tokio::test]
 async fn malformed_document_ids_are_rejected_without_calling_the_upstream() {
@@ -80,7 +80,7 @@ async fn an_upstream_error_mid_stream_ends_with_an_error_event() {
     let app = TestApp::spawn().await;
     let frames = app.transcript("broken").await;
     let events = events(&frames);
-    let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
+    let names = names(&frames);
     assert_eq!(names, ["progress", "progress", "error"]);
     let (id, _, error) = &events[2];
     assert_eq!(id, &None, "an error event carries no id, so a reconnect resumes after the last update");
@@ -107,9 +107,9 @@ async fn an_update_with_an_invalid_status_ends_the_stream_with_an_internal_error
 #[tokio::test]
 async fn an_upstream_that_ends_without_a_terminal_update_is_a_retryable_error() {
     let app = TestApp::builder().configure(|c| c.retry_budget = Duration::from_millis(500)).spawn().await;
-    let events = events(&app.transcript("truncated").await);
-    let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
-    assert_eq!(names, ["progress", "progress", "error"]);
+    let frames = app.transcript("truncated").await;
+    let events = events(&frames);
+    assert_eq!(names(&frames), ["progress", "progress", "error"]);
     assert_eq!(events[2].2["code"], "unavailable");
     assert_eq!(events[2].2["retryable"], true);
 }

@@ -130,6 +130,22 @@ impl TestAppBuilder {
         self
     }
 
+    /// Verifies tokens with a public key file (`--jwt-public-key`) instead of the test secret.
+    pub fn public_key(self, path: PathBuf) -> Self {
+        self.configure(|c| {
+            c.auth.jwt_secret = None;
+            c.auth.jwt_public_key = Some(path);
+        })
+    }
+
+    /// Verifies tokens with a JWKS file (`--jwks-file`) instead of the test secret.
+    pub fn jwks(self, path: PathBuf) -> Self {
+        self.configure(|c| {
+            c.auth.jwt_secret = None;
+            c.auth.jwks_file = Some(path);
+        })
+    }
+
     /// Runs the BFF with `--insecure-no-auth`.
     pub fn insecure(self) -> Self {
         self.configure(|c| {
@@ -243,6 +259,11 @@ pub fn events(frames: &[Frame]) -> Vec<(Option<String>, String, Value)> {
             _ => None,
         })
         .collect()
+}
+
+/// The event names of a transcript, in order.
+pub fn names(frames: &[Frame]) -> Vec<String> {
+    events(frames).into_iter().map(|(_, name, _)| name).collect()
 }
 
 /// Parses a problem+json response, asserting its content type and status fields.

@@ -8,7 +8,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use sse_bff::{hub::ShareScope, sse::Frame};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::helpers::{Binary, SseReader, TestApp, bearer, events, free_addr, token};
+use crate::helpers::{Binary, SseReader, TestApp, bearer, events, free_addr, names, token};
 
 fn ids(frames: &[Frame]) -> Vec<u64> {
     events(frames).iter().filter_map(|(id, _, _)| id.as_deref()?.parse().ok()).collect()
@@ -172,7 +172,7 @@ async fn a_resume_point_nobody_keeps_starts_with_reset_then_the_current_state() 
     assert_eq!(ids(&app.transcript("doc-1").await).last(), Some(&10));
 
     let frames = SseReader::new(app.open_progress_with("doc-1", &resume_from(&app, 2)).await).read_to_end().await;
-    let names: Vec<String> = events(&frames).into_iter().map(|(_, name, _)| name).collect();
+    let names = names(&frames);
     assert_eq!(names, ["reset", "completed"], "{frames:?}");
     assert_eq!(ids(&frames), [10]);
 

@@ -81,13 +81,7 @@ async fn alg_none_in_mixed_case_is_rejected() {
 
 #[tokio::test]
 async fn hs256_signed_with_the_rsa_public_key_is_rejected() {
-    let app = TestApp::builder()
-        .configure(|c| {
-            c.auth.jwt_secret = None;
-            c.auth.jwt_public_key = Some(fixture("keys/rsa-public.pem"));
-        })
-        .spawn()
-        .await;
+    let app = TestApp::builder().public_key(fixture("keys/rsa-public.pem")).spawn().await;
     let public_pem = std::fs::read(fixture("keys/rsa-public.pem")).unwrap();
     let forged =
         encode(&Header::new(Algorithm::HS256), &claims("alice"), &EncodingKey::from_secret(&public_pem)).unwrap();
@@ -404,22 +398,10 @@ async fn asymmetric_keys_verify_through_pem_and_jwks() {
         (Algorithm::ES256, "keys/ec-private.pem", "keys/ec-public.pem"),
         (Algorithm::EdDSA, "keys/ed25519-private.pem", "keys/ed25519-public.pem"),
     ] {
-        let app = TestApp::builder()
-            .configure(|c| {
-                c.auth.jwt_secret = None;
-                c.auth.jwt_public_key = Some(fixture(public));
-            })
-            .spawn()
-            .await;
+        let app = TestApp::builder().public_key(fixture(public)).spawn().await;
         accept_token(&app, &with_private_key(alg, private, None, &claims("alice"))).await;
     }
-    let app = TestApp::builder()
-        .configure(|c| {
-            c.auth.jwt_secret = None;
-            c.auth.jwks_file = Some(fixture("keys/jwks.json"));
-        })
-        .spawn()
-        .await;
+    let app = TestApp::builder().jwks(fixture("keys/jwks.json")).spawn().await;
     for (alg, private, kid) in [
         (Algorithm::RS256, "keys/rsa-private.pem", "rsa-1"),
         (Algorithm::ES256, "keys/ec-private.pem", "ec-1"),

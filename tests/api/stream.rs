@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sse_bff::sse::Frame;
 
-use crate::helpers::{SseReader, TestApp, bearer, events};
+use crate::helpers::{SseReader, TestApp, bearer, events, names};
 
 #[tokio::test]
 async fn a_job_streams_every_update_in_order_and_ends_after_completed() {
@@ -24,7 +24,7 @@ async fn a_job_streams_every_update_in_order_and_ends_after_completed() {
     let events = events(&frames);
     let ids: Vec<u64> = events.iter().map(|(id, _, _)| id.as_deref().unwrap().parse().unwrap()).collect();
     assert_eq!(ids, (1..=10).collect::<Vec<_>>(), "ids are the upstream sequence, gap-free");
-    let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
+    let names = names(&frames);
     assert_eq!(names[..9], ["progress"; 9]);
     assert_eq!(names[9], "completed");
     assert!(
@@ -73,7 +73,7 @@ async fn hostile_upstream_text_stays_inside_one_event_each() {
     let app = TestApp::spawn().await;
     let frames = app.transcript("hostile").await;
     let events = events(&frames);
-    let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
+    let names = names(&frames);
     assert_eq!(names, ["progress", "progress", "progress", "progress", "progress", "progress", "completed"]);
     let ids: Vec<&str> = events.iter().map(|(id, _, _)| id.as_deref().unwrap()).collect();
     assert_eq!(ids, ["1", "2", "3", "4", "5", "6", "7"], "no injected id");
