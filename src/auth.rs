@@ -16,7 +16,8 @@ use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Validation, decode, decode_header};
 use serde::Deserialize;
 
-pub use keys::{KeyError, KeySet};
+pub use keys::KeyError;
+use keys::KeySet;
 pub use token::{TokenConfig, mint};
 
 /// The longest token accepted; real ones are well under 4 KiB.

@@ -106,11 +106,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SSE_BFF_KEEP_FINISHED", default_value = "60s", value_parser = parse_duration)]
     pub keep_finished: Duration,
     /// Events kept per shared call for resuming viewers.
-    #[arg(long, env = "SSE_BFF_REPLAY_LOG", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub replay_log: u64,
+    #[arg(long, env = "SSE_BFF_REPLAY_LOG", default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub replay_log: usize,
     /// Events a viewer may fall behind before it skips to the latest update.
-    #[arg(long, env = "SSE_BFF_VIEWER_LAG", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub viewer_lag: u64,
+    #[arg(long, env = "SSE_BFF_VIEWER_LAG", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub viewer_lag: usize,
     /// Concurrent calls per upstream HTTP/2 connection before another connection is opened
     /// (servers commonly allow 100 to 200 and queue the rest).
     #[arg(long, env = "SSE_BFF_UPSTREAM_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
@@ -146,8 +146,8 @@ impl ServeConfig {
             first_event_wait: self.first_event_wait,
             linger: self.linger,
             keep_finished: self.keep_finished,
-            replay: usize::try_from(self.replay_log).unwrap_or(usize::MAX),
-            viewer_lag: usize::try_from(self.viewer_lag).unwrap_or(usize::MAX),
+            replay: self.replay_log,
+            viewer_lag: self.viewer_lag,
             retry_budget: self.retry_budget,
             idle_timeout: self.upstream_idle_timeout,
             share_scope: self.share_scope,

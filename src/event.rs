@@ -49,6 +49,8 @@ pub struct StreamEvent {
     pub emitted_at: Option<SystemTime>,
     /// The complete SSE frame, encoded once for every viewer.
     pub sse: Bytes,
+    /// `data` followed by `\n`: the NDJSON line (a slice of the frame as well).
+    pub line: Bytes,
 }
 
 impl StreamEvent {
@@ -59,10 +61,13 @@ impl StreamEvent {
         let sse = sse::frame(Some(&id_text), kind.name(), data);
         // One-line data sits right after "id: <id>\nevent: <name>\ndata: " in the frame.
         let start = "id: \nevent: \ndata: ".len() + id_text.len() + kind.name().len();
-        let data = match sse.get(start..start + data.len()) {
-            Some(slice) if slice == data => sse.slice(start..start + data.len()),
-            _ => Bytes::copy_from_slice(data),
+        let end = start + data.len();
+        let (data, line) = match sse.get(start..=end) {
+            Some(slice) if slice.ends_with(b"\n") && &slice[..data.len()] == data => {
+                (sse.slice(start..end), sse.slice(start..=end))
+            }
+            _ => (Bytes::copy_from_slice(data), Bytes::from([data, b"\n"].concat())),
         };
-        Self { id, kind, data, emitted_at, sse }
+        Self { id, kind, data, emitted_at, sse, line }
     }
 }

@@ -82,14 +82,14 @@ pub fn service(state: AppState, edge: &EdgeSettings, hubs: &[Hub]) -> HttpServic
             get(move |state, path, headers, uri, upgrade| resource::stream(hub, state, path, headers, uri, upgrade)),
         );
     }
-    let templates: Vec<&'static str> = hubs.iter().map(Hub::route).collect();
+    let templates: Arc<[&'static str]> = hubs.iter().map(Hub::route).collect();
     let routes = routes
         .route("/", get(pages::index))
         .route("/client.js", get(pages::client))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .fallback(move |uri: Uri| not_found(uri, templates.clone()))
+        .fallback(move |uri: Uri| not_found(uri, Arc::clone(&templates)))
         .with_state(state);
     let max_header_bytes = edge.max_header_bytes;
     // Listed outermost first. There is deliberately no compression layer: compressing an event
@@ -148,7 +148,7 @@ async fn bound_headers(max: usize, request: Request<Body>, next: Next) -> Respon
 
 /// Unknown paths get a problem body too. A path shaped like a resource's route whose id the
 /// router could not capture (empty, or with a `/` in it) is a malformed id, not a missing route.
-async fn not_found(uri: Uri, templates: Vec<&'static str>) -> ApiError {
+async fn not_found(uri: Uri, templates: Arc<[&'static str]>) -> ApiError {
     let path = uri.path();
     let shaped_like = |template: &&str| {
         template.split_once('{').zip(template.rsplit_once('}')).is_some_and(|((prefix, _), (_, suffix))| {

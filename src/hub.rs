@@ -18,7 +18,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-pub use viewer::{Delivery, ViewerStream};
+pub use viewer::ViewerStream;
 
 use self::shared::Shared;
 use crate::{
@@ -117,11 +117,6 @@ impl Hub {
     /// The route of the resource this hub serves.
     pub fn route(&self) -> &'static str {
         self.inner.resource.route()
-    }
-
-    /// Upstream calls currently shared (running, lingering or kept finished).
-    pub fn shared_calls(&self) -> usize {
-        self.lock().len()
     }
 
     /// Subscribes a viewer to `call.id`, resuming after `resume` when given (else starting

@@ -174,11 +174,6 @@ impl Metrics {
     pub fn auth_failed(&self, reason: &'static str) {
         self.auth_failures.get_or_create(&Reason { reason }).inc();
     }
-
-    /// Time from the request to its first event.
-    pub fn first_event(&self, after: Duration) {
-        self.first_event.observe(after.as_secs_f64());
-    }
 }
 
 /// An open stream, counted until dropped.
@@ -208,12 +203,10 @@ impl OpenStream {
             self.metrics.delivery_lag.observe(lag.as_secs_f64());
         }
     }
-}
 
-impl OpenStream {
     /// The stream's first event went out `after` the request arrived.
     pub fn first_event(&self, after: Duration) {
-        self.metrics.first_event(after);
+        self.metrics.first_event.observe(after.as_secs_f64());
     }
 }
 

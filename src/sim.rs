@@ -25,6 +25,9 @@ pub use script::{Script, ScriptError};
 pub use stats::{SeenCall, SimStats};
 
 use self::job::Job;
+use clap::Parser as _;
+
+use crate::config::{Cli, Command};
 use crate::pb::{
     self,
     docproc::v1::{
@@ -63,15 +66,15 @@ impl SimConfig {
     /// A simulator on an ephemeral loopback port playing the given fixture directories (the
     /// built-in ones when empty), with the defaults of every other flag.
     pub fn new(fixtures: Vec<PathBuf>, speed: f64) -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            fixtures,
-            speed,
-            retain: 1000,
-            max_concurrent_streams: None,
-            steady_rate: 0.0,
-            steady_message_bytes: 64,
-        }
+        let mut config = match Cli::try_parse_from(["sse-bff", "upstream-sim"]) {
+            Ok(Cli { command: Command::UpstreamSim(config), .. }) => config,
+            // The literal arguments above always parse; this arm only satisfies the compiler.
+            _ => unreachable!("default upstream-sim arguments parse"),
+        };
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.fixtures = fixtures;
+        config.speed = speed;
+        config
     }
 }
 

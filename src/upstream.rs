@@ -12,7 +12,7 @@ use std::{fmt, pin::Pin, sync::Arc};
 use futures_util::{Stream, future::BoxFuture};
 use tonic::Code;
 
-pub use channel::{ChannelError, Lease, UpstreamChannel, UpstreamPool};
+pub use channel::{ChannelError, UpstreamChannel, UpstreamPool};
 pub use docproc::DocumentProgress;
 
 use crate::event::StreamEvent;

@@ -81,7 +81,7 @@ impl KeySet {
     }
 
     /// An HS256 secret.
-    pub fn secret(secret: &[u8]) -> Result<Self, KeyError> {
+    fn secret(secret: &[u8]) -> Result<Self, KeyError> {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(KeyError::ShortSecret);
         }

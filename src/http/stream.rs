@@ -101,7 +101,7 @@ pub fn feed(
         if reset {
             yield Output::Reset;
         }
-        let deadline_at = tokio::time::Instant::now() + until_deadline;
+        let deadline_at = deadline.deadline();
         let ending = loop {
             // Events come before the timers, so a busy stream polls no timer per event; the
             // deadline is then checked against the clock read for the event anyway.

@@ -10,7 +10,7 @@ use super::shared::{End, ViewerGuard};
 use crate::{event::StreamEvent, upstream::UpstreamError};
 
 /// What a viewer receives: events, or the error that ended the upstream call.
-pub type Delivery = Result<Arc<StreamEvent>, UpstreamError>;
+type Delivery = Result<Arc<StreamEvent>, UpstreamError>;
 
 /// A viewer's events. Dropping it detaches the viewer.
 pub type ViewerStream = Pin<Box<dyn Stream<Item = Delivery> + Send>>;

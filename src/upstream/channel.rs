@@ -124,28 +124,25 @@ impl UpstreamPool {
     /// The least busy connection, opening a new one when all of them are full.
     pub fn lease(&self) -> Lease {
         let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
-        let least_busy = connections.iter().min_by_key(|c| c.active.load(Ordering::Relaxed));
-        let full = least_busy.is_none_or(|c| c.active.load(Ordering::Relaxed) >= self.streams_per_connection);
-        let connection = if full && connections.len() < self.max_connections {
-            let endpoint = &self.endpoints[connections.len() % self.endpoints.len()];
-            connections.push(Connection { channel: endpoint.connect_lazy(), active: Arc::new(AtomicUsize::new(0)) });
-            connections.last()
-        } else {
-            connections.iter().min_by_key(|c| c.active.load(Ordering::Relaxed))
-        };
-        match connection {
-            Some(connection) => {
-                connection.active.fetch_add(1, Ordering::Relaxed);
-                Lease { channel: connection.channel.clone(), active: Arc::clone(&connection.active) }
+        let least_busy =
+            connections.iter().map(|c| c.active.load(Ordering::Relaxed)).enumerate().min_by_key(|(_, active)| *active);
+        let index = match least_busy {
+            Some((index, active))
+                if active < self.streams_per_connection || connections.len() >= self.max_connections =>
+            {
+                index
             }
-            // Unreachable: the pool always holds or just opened a connection. A lazily connecting
-            // channel of the first endpoint keeps this total without a panic.
-            None => Lease { channel: self.endpoints[0].connect_lazy(), active: Arc::new(AtomicUsize::new(1)) },
-        }
-    }
-
-    /// Connections opened so far.
-    pub fn connections(&self) -> usize {
-        self.connections.lock().unwrap_or_else(PoisonError::into_inner).len()
+            // Every connection is full (or there is none yet): open one more, round-robin over
+            // the endpoints (there is always at least one).
+            _ => {
+                let endpoint = &self.endpoints[connections.len() % self.endpoints.len()];
+                connections
+                    .push(Connection { channel: endpoint.connect_lazy(), active: Arc::new(AtomicUsize::new(0)) });
+                connections.len() - 1
+            }
+        };
+        let connection = &connections[index];
+        connection.active.fetch_add(1, Ordering::Relaxed);
+        Lease { channel: connection.channel.clone(), active: Arc::clone(&connection.active) }
     }
 }

@@ -185,8 +185,13 @@ async fn a_resume_point_nobody_keeps_starts_with_reset_then_the_current_state() 
 
 #[tokio::test]
 async fn sharing_is_per_user_by_default_and_per_tenant_when_chosen() {
-    for (scope, expected) in [(ShareScope::User, 2), (ShareScope::Tenant, 1)] {
-        let app = TestApp::builder().speed(4.0).configure(|c| c.share_scope = scope).spawn().await;
+    // `None`: the default, which must be per user.
+    for (scope, expected) in [(None, 2), (Some(ShareScope::Tenant), 1)] {
+        let mut builder = TestApp::builder().speed(4.0);
+        if let Some(scope) = scope {
+            builder = builder.configure(|c| c.share_scope = scope);
+        }
+        let app = builder.spawn().await;
         let alice = app.open_progress_as("doc-2", &token("alice", "acme")).await;
         let bob = app.open_progress_as("doc-2", &token("bob", "acme")).await;
         let (mut alice, mut bob) = (SseReader::new(alice), SseReader::new(bob));

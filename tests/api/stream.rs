@@ -127,6 +127,7 @@ async fn identity_and_trace_context_reach_the_upstream() {
     let seen = app.sim.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].request_id.as_deref(), Some("req-42"));
+    assert_eq!((seen[0].document_id.as_str(), seen[1].document_id.as_str()), ("doc-2", "scan-42"));
     assert_eq!(seen[0].user_id.as_deref(), Some("alice"), "x-user-id is the token's sub");
     assert_eq!(seen[0].tenant_id.as_deref(), Some("acme"), "x-tenant-id is the tenant claim");
     assert_eq!(seen[0].traceparent.as_deref(), Some(traceparent));

@@ -220,9 +220,9 @@ async fn next_batch(events: &mut EventStream) -> (Vec<StreamEvent>, Option<Upstr
 
 /// Failures worth resuming after: the upstream or the connection to it went away.
 fn is_transient(error: &UpstreamError) -> bool {
-    let broken_connection = ["transport", "h2 protocol", "connection", "broken pipe", "stream closed"]
-        .iter()
-        .any(|needle| error.message.to_ascii_lowercase().contains(needle));
+    let message = error.message.to_ascii_lowercase();
+    let broken_connection =
+        ["transport", "h2 protocol", "connection", "broken pipe", "stream closed"].iter().any(|n| message.contains(n));
     error.code == Code::Unavailable
         || (matches!(error.code, Code::Unknown | Code::Internal | Code::Cancelled) && broken_connection)
 }
