@@ -6,15 +6,13 @@ use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::health_client::HealthClient;
-use tower::make::Shared;
 
 use crate::{
     auth::{Authenticator, KeyError},
     config::ServeConfig,
-    http::{self, AppState, EdgeSettings, StreamLimits, StreamSettings},
+    http::{self, AppState, EdgeSettings, ServerSettings, StreamLimits, StreamSettings},
     hub::Hub,
     metrics::Metrics,
-    net::GuardedListener,
     upstream::{ChannelError, DocumentProgress, SharedResource, UpstreamChannel},
 };
 
@@ -44,7 +42,7 @@ pub struct App {
     service: http::HttpService,
     shutdown: CancellationToken,
     grace: Duration,
-    stall_timeout: Duration,
+    server: ServerSettings,
 }
 
 impl App {
@@ -100,7 +98,7 @@ impl App {
             service: http::service(state, &edge, &hubs),
             shutdown,
             grace: config.shutdown_grace,
-            stall_timeout: config.stall_timeout,
+            server: ServerSettings { stall_timeout: config.stall_timeout, max_header_bytes: config.max_header_bytes },
         })
     }
 
@@ -114,13 +112,11 @@ impl App {
     pub async fn run(self) -> std::io::Result<()> {
         let addr = self.local_addr();
         tracing::info!(%addr, "sse-bff listening");
-        let shutdown = self.shutdown.clone();
-        let server = axum::serve(GuardedListener::new(self.listener, self.stall_timeout), Shared::new(self.service))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let server = http::serve(self.listener, self.service, self.server, self.shutdown.clone());
         let stopped = self.shutdown.clone();
         let grace = self.grace;
         tokio::select! {
-            result = server => result,
+            () = server => Ok(()),
             () = async move {
                 stopped.cancelled().await;
                 tokio::time::sleep(grace).await;

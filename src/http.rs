@@ -6,6 +6,7 @@ mod limits;
 mod pages;
 mod representation;
 mod resource;
+mod server;
 mod stream;
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -31,6 +32,7 @@ pub use error::ApiError;
 
 pub use limits::StreamLimits;
 pub use resource::{last_event_id, valid_document_id};
+pub use server::{ServerSettings, serve};
 pub use stream::StreamSettings;
 
 use crate::{auth::Authenticator, hub::Hub, metrics::Metrics};

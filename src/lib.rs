@@ -12,7 +12,6 @@ pub mod event;
 pub mod http;
 pub mod hub;
 pub mod metrics;
-pub mod net;
 pub mod pb;
 pub mod sim;
 pub mod sse;

@@ -1,0 +1,291 @@
+//! The HTTP server: accepts connections and answers plain HTTP/1.1 requests itself, handing
+//! everything else to hyper.
+//!
+//! Why not hyper for everything: an open event stream is almost all of this service's memory,
+//! and hyper keeps an 8 KiB read buffer and a response-head buffer for the whole life of every
+//! HTTP/1 connection, neither configurable below that. Here a connection holds no buffer while
+//! it streams: the head is read into a buffer that is freed once parsed, the response head is
+//! written and dropped, and each body frame (an event's shared, pre-encoded bytes) is written
+//! straight to the socket with its chunk framing in one `writev`. Both paths run the same tower
+//! service, so routing, authentication, errors and every layer are the same whoever serves.
+//!
+//! What is served here: `HTTP/1.0` and `HTTP/1.1` requests without a body, an upgrade or
+//! `Expect` (every `GET` an `EventSource`, `curl` or a proxy sends). hyper serves the rest of
+//! such a connection: WebSocket upgrades, requests with a body, HTTP/2 and malformed heads (it
+//! answers those with its own 400 or 431).
+
+mod handover;
+mod wire;
+
+use std::{
+    io::{self, IoSlice},
+    pin::Pin,
+    sync::Arc,
+    task::Poll,
+    time::Duration,
+};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use http::{Method, Request};
+use http_body::{Body as _, Frame};
+use http_body_util::BodyExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt as _;
+
+use self::wire::{ChunkSize, Framing, LAST_CHUNK, Parsed};
+use super::HttpService;
+
+/// How long a client may take to send a request head, or keep an idle connection open.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause after an accept error that is not about one connection (out of file
+/// descriptors): connections must close before another can be accepted.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Bytes of a request head beyond the header bound allowed for the request line.
+const REQUEST_LINE_ALLOWANCE: usize = 8 * 1024;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// A client whose connection accepts no bytes for this long is dropped.
+    pub stall_timeout: Duration,
+    /// The most bytes of request headers accepted; longer heads go to hyper, which refuses them.
+    pub max_header_bytes: usize,
+}
+
+/// Serves connections from `listener` until `shutdown` is cancelled, then waits for the open
+/// ones to end (streams select on the same token and end with a reconnect hint).
+pub async fn serve(listener: TcpListener, service: HttpService, settings: ServerSettings, shutdown: CancellationToken) {
+    let server = Arc::new(Server { service, settings, shutdown: shutdown.clone() });
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                // Events are small writes that must not wait for Nagle; failing to set the
+                // option only costs latency.
+                let _ = stream.set_nodelay(true);
+                connections.spawn(Arc::clone(&server).connection(stream));
+            }
+            Err(error) if is_connection_error(&error) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot accept connections");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+#[derive(Debug)]
+struct Server {
+    service: HttpService,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+}
+
+/// What a connection sent next.
+enum Head {
+    Request {
+        request: Box<Request<Body>>,
+        keep_alive: bool,
+    },
+    /// Something for hyper; the bytes read so far are replayed to it.
+    Other,
+    Closed,
+}
+
+/// The next body frame, or the client's end of the connection.
+enum Step {
+    Frame(Option<Result<Frame<Bytes>, axum::Error>>),
+    Readable(io::Result<()>),
+}
+
+impl Server {
+    async fn connection(self: Arc<Self>, stream: TcpStream) {
+        // Bytes received and not yet used: a head being read, or the next pipelined request.
+        let mut read = Vec::new();
+        loop {
+            let head = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                head = tokio::time::timeout(HEAD_TIMEOUT, self.read_head(&stream, &mut read)) => head,
+            };
+            let (request, keep_alive) = match head {
+                Ok(Ok(Head::Request { request, keep_alive })) => (request, keep_alive),
+                Ok(Ok(Head::Other)) => {
+                    let (service, shutdown) = (self.service.clone(), self.shutdown.clone());
+                    return handover::serve(stream, read, service, self.settings.stall_timeout, shutdown).await;
+                }
+                Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return,
+            };
+            match self.respond(&stream, *request, keep_alive, &mut read).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "connection closed while responding");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads until `read` starts with a complete request head, and takes it out.
+    async fn read_head(&self, stream: &TcpStream, read: &mut Vec<u8>) -> io::Result<Head> {
+        let max = self.settings.max_header_bytes + REQUEST_LINE_ALLOWANCE;
+        loop {
+            if !read.is_empty() {
+                match wire::parse(read) {
+                    Parsed::Request { request, len, keep_alive } => {
+                        // The head's buffer is freed; only pipelined bytes stay.
+                        *read = read.split_off(len);
+                        return Ok(Head::Request { request, keep_alive });
+                    }
+                    Parsed::Partial if read.len() < max => {}
+                    Parsed::Partial | Parsed::Other => return Ok(Head::Other),
+                }
+            }
+            stream.readable().await?;
+            if read_available(stream, read)? == Some(0) {
+                return Ok(Head::Closed);
+            }
+        }
+    }
+
+    /// Runs the service and writes its response; `Ok(true)` when the connection may carry
+    /// another request.
+    async fn respond(
+        &self,
+        stream: &TcpStream,
+        request: Request<Body>,
+        keep_alive: bool,
+        read: &mut Vec<u8>,
+    ) -> io::Result<bool> {
+        let head_only = request.method() == Method::HEAD;
+        let version = request.version();
+        let response = match self.service.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(infallible) => match infallible {},
+        };
+        let (parts, body) = response.into_parts();
+        let framing = Framing::of(parts.status, body.size_hint().exact(), version);
+        let keep_alive = keep_alive && framing != Framing::UntilClose && !self.shutdown.is_cancelled();
+        let head = wire::response_head(&parts, framing, !keep_alive);
+        drop(parts);
+        let stall = self.settings.stall_timeout;
+        if head_only || framing == Framing::Empty {
+            wire::write_all(stream, &mut [IoSlice::new(&head)], stall).await?;
+            return Ok(keep_alive);
+        }
+        self.write_body(stream, head, body, framing, read).await?;
+        Ok(keep_alive && !self.shutdown.is_cancelled())
+    }
+
+    /// Writes the head and the body frame by frame as they come. The head goes out with the
+    /// first frame when that is ready at once.
+    async fn write_body(
+        &self,
+        stream: &TcpStream,
+        head: Vec<u8>,
+        mut body: Body,
+        framing: Framing,
+        read: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let stall = self.settings.stall_timeout;
+        let mut head = Some(head);
+        let mut ready = body.frame().now_or_never();
+        loop {
+            let frame = match ready.take() {
+                Some(frame) => frame,
+                None => {
+                    if let Some(head) = head.take() {
+                        wire::write_all(stream, &mut [IoSlice::new(&head)], stall).await?;
+                    }
+                    self.next_frame(stream, &mut body, read).await?
+                }
+            };
+            let head_bytes = head.take().unwrap_or_default();
+            let data = match frame {
+                None => {
+                    let end: &[u8] = if framing == Framing::Chunked { LAST_CHUNK } else { b"" };
+                    return wire::write_all(stream, &mut [IoSlice::new(&head_bytes), IoSlice::new(end)], stall).await;
+                }
+                Some(Err(error)) => return Err(io::Error::other(error)),
+                // Trailers are not sent.
+                Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+            };
+            // An empty chunk would end a chunked body.
+            if framing == Framing::Chunked && !data.is_empty() {
+                let size = ChunkSize::new(data.len());
+                let mut bufs = [
+                    IoSlice::new(&head_bytes),
+                    IoSlice::new(size.as_bytes()),
+                    IoSlice::new(&data),
+                    IoSlice::new(b"\r\n"),
+                ];
+                wire::write_all(stream, &mut bufs, stall).await?;
+            } else {
+                wire::write_all(stream, &mut [IoSlice::new(&head_bytes), IoSlice::new(&data)], stall).await?;
+            }
+        }
+    }
+
+    /// Waits for the next body frame while watching the socket: a client that closes its end
+    /// drops the body at once (and with it the hub subscription), without waiting for the next
+    /// write to fail. Bytes that arrive meanwhile are kept for the next request.
+    async fn next_frame(
+        &self,
+        stream: &TcpStream,
+        body: &mut Body,
+        read: &mut Vec<u8>,
+    ) -> io::Result<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let max = self.settings.max_header_bytes + REQUEST_LINE_ALLOWANCE;
+        loop {
+            let step = std::future::poll_fn(|cx| {
+                if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+                    return Poll::Ready(Step::Frame(frame));
+                }
+                stream.poll_read_ready(cx).map(Step::Readable)
+            })
+            .await;
+            match step {
+                Step::Frame(frame) => return Ok(frame),
+                Step::Readable(ready) => {
+                    ready?;
+                    match read_available(stream, read)? {
+                        Some(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        _ if read.len() > max => return Err(io::Error::other("too many bytes sent while streaming")),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads what the socket has into `read`: `Some(0)` at the end of the stream, `None` when
+/// nothing was there after all. The buffer is on the stack, not in the connection's future.
+fn read_available(stream: &TcpStream, read: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    let mut chunk = [0; 4096];
+    match stream.try_read(&mut chunk) {
+        Ok(n) => {
+            read.extend_from_slice(&chunk[..n]);
+            Ok(Some(n))
+        }
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(error) => Err(error),
+    }
+}
