@@ -146,7 +146,8 @@ async fn main() {
         "duplicates": total.duplicates,
         "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p999": pct(0.999), "max": pct(1.0)},
         "server_rss_kib": {"before": before, "full": rss_full, "peak": (rss_peak > 0).then_some(rss_peak)},
-        "server_bytes_per_connection": per_conn(rss_full),
+        // At the peak: per-stream state grows while events accumulate (replay logs).
+        "server_bytes_per_connection": per_conn((rss_peak > 0).then_some(rss_peak)),
         "server_cores": server_cores,
         "loadgen_cores": own_cores,
     });

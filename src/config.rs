@@ -105,11 +105,13 @@ pub struct ServeConfig {
     /// How long a finished job's events answer late reconnects without calling the upstream.
     #[arg(long, env = "SSE_BFF_KEEP_FINISHED", default_value = "60s", value_parser = parse_duration)]
     pub keep_finished: Duration,
-    /// Events kept per shared call for resuming viewers.
-    #[arg(long, env = "SSE_BFF_REPLAY_LOG", default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    /// Events kept per shared call for resuming viewers. A resume point older than the log is
+    /// still served without loss, by an upstream call of its own that resumes there: the log
+    /// only saves those calls, and it is most of the memory of a watched document.
+    #[arg(long, env = "SSE_BFF_REPLAY_LOG", default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub replay_log: usize,
     /// Events a viewer may fall behind before it skips to the latest update.
-    #[arg(long, env = "SSE_BFF_VIEWER_LAG", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    #[arg(long, env = "SSE_BFF_VIEWER_LAG", default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub viewer_lag: usize,
     /// Concurrent calls per upstream HTTP/2 connection before another connection is opened
     /// (servers commonly allow 100 to 200 and queue the rest).

@@ -49,25 +49,36 @@ pub struct StreamEvent {
     pub emitted_at: Option<SystemTime>,
     /// The complete SSE frame, encoded once for every viewer.
     pub sse: Bytes,
-    /// `data` followed by `\n`: the NDJSON line (a slice of the frame as well).
-    pub line: Bytes,
 }
 
 impl StreamEvent {
     /// An event with its SSE frame encoded. `data` is then kept as a slice of the frame, so the
     /// JSON is stored once (replay logs hold many events).
     pub fn new(id: u64, kind: EventKind, data: &[u8], emitted_at: Option<SystemTime>) -> Self {
-        let id_text = id.to_string();
-        let sse = sse::frame(Some(&id_text), kind.name(), data);
-        // One-line data sits right after "id: <id>\nevent: <name>\ndata: " in the frame.
-        let start = "id: \nevent: \ndata: ".len() + id_text.len() + kind.name().len();
-        let end = start + data.len();
-        let (data, line) = match sse.get(start..=end) {
-            Some(slice) if slice.ends_with(b"\n") && &slice[..data.len()] == data => {
-                (sse.slice(start..end), sse.slice(start..=end))
-            }
-            _ => (Bytes::copy_from_slice(data), Bytes::from([data, b"\n"].concat())),
+        let sse = sse::frame(Some(&id.to_string()), kind.name(), data);
+        let start = data_start(id, kind);
+        let data = match sse.get(start..start + data.len()) {
+            Some(slice) if slice == data => sse.slice(start..start + data.len()),
+            _ => Bytes::copy_from_slice(data),
         };
-        Self { id, kind, data, emitted_at, sse, line }
+        Self { id, kind, data, emitted_at, sse }
     }
+
+    /// `data` followed by `\n`: the NDJSON line, a slice of the frame when the data is one line.
+    pub fn line(&self) -> Bytes {
+        let start = data_start(self.id, self.kind);
+        let end = start + self.data.len();
+        match self.sse.get(start..=end) {
+            Some(line) if line.ends_with(b"\n") && line[..self.data.len()] == self.data[..] => {
+                self.sse.slice(start..=end)
+            }
+            _ => Bytes::from([&self.data[..], b"\n"].concat()),
+        }
+    }
+}
+
+/// Where one-line data starts in a frame: after "id: <id>\nevent: <name>\ndata: ".
+fn data_start(id: u64, kind: EventKind) -> usize {
+    let digits = id.checked_ilog10().map_or(1, |log| log as usize + 1);
+    "id: \nevent: \ndata: ".len() + digits + kind.name().len()
 }

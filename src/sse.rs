@@ -138,6 +138,6 @@ mod tests {
         let update = StreamEvent::new(7, crate::event::EventKind::Failed, br#"{"message":"a\nb"}"#, None);
         assert_eq!(&update.sse[..], b"id: 7\nevent: failed\ndata: {\"message\":\"a\\nb\"}\n\n");
         assert_eq!(&update.data[..], br#"{"message":"a\nb"}"#, "the data is the frame's own bytes");
-        assert_eq!(&update.line[..], b"{\"message\":\"a\\nb\"}\n", "the NDJSON line too");
+        assert_eq!(&update.line()[..], b"{\"message\":\"a\\nb\"}\n", "the NDJSON line too");
     }
 }

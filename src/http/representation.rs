@@ -90,7 +90,7 @@ pub fn ndjson(feed: impl Stream<Item = Output> + Send + 'static) -> Response {
     let lines = feed.filter_map(|output| {
         std::future::ready(match output {
             Output::Reset => Some(line(br#"{"event":"reset"}"#)),
-            Output::Event(event) => Some(event.line.clone()),
+            Output::Event(event) => Some(event.line()),
             Output::Heartbeat => Some(Bytes::from_static(b"\n")),
             Output::End(Ending::Error(error)) => Some(line(&error.body())),
             Output::End(Ending::Terminal | Ending::Reconnect(_)) => None,

@@ -70,7 +70,9 @@ pub async fn serve(listener: TcpListener, service: HttpService, settings: Server
                 // Events are small writes that must not wait for Nagle; failing to set the
                 // option only costs latency.
                 let _ = stream.set_nodelay(true);
-                connections.spawn(Arc::clone(&server).connection(stream));
+                let fut = Arc::clone(&server).connection(stream);
+                tracing::warn!(size = std::mem::size_of_val(&fut), "SIZE");
+                connections.spawn(fut);
             }
             Err(error) if is_connection_error(&error) => {}
             Err(error) => {
@@ -122,13 +124,17 @@ impl Server {
         loop {
             let head = tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                head = tokio::time::timeout(HEAD_TIMEOUT, self.read_head(&stream, &mut read)) => head,
+                // Boxed, like every timer only some states need: the connection's future stays
+                // small for the long life of a stream.
+                head = Box::pin(tokio::time::timeout(HEAD_TIMEOUT, self.read_head(&stream, &mut read))) => head,
             };
             let (request, keep_alive) = match head {
                 Ok(Ok(Head::Request { request, keep_alive })) => (request, keep_alive),
                 Ok(Ok(Head::Other)) => {
                     let (service, shutdown) = (self.service.clone(), self.shutdown.clone());
-                    return handover::serve(stream, read, service, self.settings.stall_timeout, shutdown).await;
+                    // Boxed: hyper's connection state is large, and only these connections need it.
+                    let handover = handover::serve(stream, read, service, self.settings.stall_timeout, shutdown);
+                    return Box::pin(handover).await;
                 }
                 Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return,
             };

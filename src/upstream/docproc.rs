@@ -93,7 +93,7 @@ impl Codec for SmallBuffers {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<ProcessDocumentRequest, ProcessingUpdate>::raw_decoder(BufferSettings::new(1024, 32 * 1024))
+        ProstCodec::<ProcessDocumentRequest, ProcessingUpdate>::raw_decoder(BufferSettings::new(512, 32 * 1024))
     }
 }
 

@@ -11,4 +11,5 @@ mod nginx;
 mod ops;
 mod representations;
 mod security;
+mod server;
 mod stream;

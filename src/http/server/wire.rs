@@ -178,7 +178,9 @@ pub async fn write_all(stream: &TcpStream, mut bufs: &mut [IoSlice<'_>], stall: 
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => IoSlice::advance_slices(&mut bufs, written),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                if tokio::time::timeout(stall, stream.writable()).await.is_err() {
+                // Boxed: the timer is only needed while blocked, and an open stream's future
+                // should not carry it.
+                if Box::pin(tokio::time::timeout(stall, stream.writable())).await.is_err() {
                     tracing::info!(?stall, "dropping a client that stopped reading");
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"));
                 }
