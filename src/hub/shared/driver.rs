@@ -141,8 +141,9 @@ impl Shared {
     /// dropped.
     fn publish(&self, batch: Vec<StreamEvent>, last: &mut u64, replay: usize) -> bool {
         let mut terminal = false;
-        {
+        let first = {
             let mut state = self.lock();
+            let first = state.log.is_empty();
             state.retrying = None;
             for event in batch {
                 if event.id <= *last || terminal {
@@ -171,8 +172,13 @@ impl Shared {
                 state.end = Some(End::Terminal);
                 state.live = None;
             }
+            first
+        };
+        // Subscribers wait only for the first events or the end; waking them for every event
+        // would cost a notification per event.
+        if first || terminal {
+            self.changed.send_replace(());
         }
-        self.changed.send_replace(());
         terminal
     }
 
