@@ -109,20 +109,19 @@ impl App {
 
     /// Serves until the shutdown token is cancelled, then lets open streams end (they select
     /// on the same token) for at most the grace period.
-    pub async fn run(self) -> std::io::Result<()> {
+    pub async fn run(self) {
         let addr = self.local_addr();
         tracing::info!(%addr, "sse-bff listening");
         let server = http::serve(self.listener, self.service, self.server, self.shutdown.clone());
         let stopped = self.shutdown.clone();
         let grace = self.grace;
         tokio::select! {
-            () = server => Ok(()),
+            () = server => {}
             () = async move {
                 stopped.cancelled().await;
                 tokio::time::sleep(grace).await;
             } => {
                 tracing::warn!(?grace, "connections still open after the grace period; exiting anyway");
-                Ok(())
             }
         }
     }

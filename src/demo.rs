@@ -50,7 +50,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     let app = App::build(serve, shutdown.clone()).await?;
     print_banner(app.local_addr(), sim_addr, &token);
     let sim_task = tokio::spawn(sim.run(shutdown.clone()));
-    app.run().await?;
+    app.run().await;
     shutdown.cancel();
     sim_task.await??;
     Ok(())

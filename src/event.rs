@@ -64,16 +64,16 @@ impl StreamEvent {
         Self { id, kind, data, emitted_at, sse }
     }
 
-    /// `data` followed by `\n`: the NDJSON line, a slice of the frame when the data is one line.
+    /// `data` followed by `\n`: the NDJSON line. When `data` is a slice of the frame (one-line
+    /// data, see [`StreamEvent::new`]) the line is the same slice plus the frame's newline, with
+    /// no copy and no comparison of the bytes.
     pub fn line(&self) -> Bytes {
         let start = data_start(self.id, self.kind);
-        let end = start + self.data.len();
-        match self.sse.get(start..=end) {
-            Some(line) if line.ends_with(b"\n") && line[..self.data.len()] == self.data[..] => {
-                self.sse.slice(start..=end)
-            }
-            _ => Bytes::from([&self.data[..], b"\n"].concat()),
+        let in_frame = self.sse.get(start..).is_some_and(|rest| std::ptr::eq(rest.as_ptr(), self.data.as_ptr()));
+        if in_frame {
+            return self.sse.slice(start..=start + self.data.len());
         }
+        Bytes::from([&self.data[..], b"\n"].concat())
     }
 }
 

@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match cli.command {
-        Command::Serve(config) => App::build(*config, shutdown).await?.run().await?,
+        Command::Serve(config) => App::build(*config, shutdown).await?.run().await,
         Command::UpstreamSim(config) => Sim::build(config).await?.run(shutdown).await?,
         Command::Demo(config) => demo::run(config, shutdown).await?,
         Command::Token(_) => {}

@@ -139,5 +139,9 @@ mod tests {
         assert_eq!(&update.sse[..], b"id: 7\nevent: failed\ndata: {\"message\":\"a\\nb\"}\n\n");
         assert_eq!(&update.data[..], br#"{"message":"a\nb"}"#, "the data is the frame's own bytes");
         assert_eq!(&update.line()[..], b"{\"message\":\"a\\nb\"}\n", "the NDJSON line too");
+        // Data with a raw line break spans two `data:` lines, so it is kept apart from the frame.
+        let split = StreamEvent::new(12, crate::event::EventKind::Progress, b"a\nb", None);
+        assert_eq!(&split.sse[..], b"id: 12\nevent: progress\ndata: a\ndata: b\n\n");
+        assert_eq!((&split.data[..], &split.line()[..]), (&b"a\nb"[..], &b"a\nb\n"[..]));
     }
 }

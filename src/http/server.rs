@@ -118,6 +118,11 @@ enum Step {
 }
 
 impl Server {
+    /// The most unused bytes a connection may hold: one request head.
+    fn read_limit(&self) -> usize {
+        self.settings.max_header_bytes + REQUEST_LINE_ALLOWANCE
+    }
+
     async fn connection(self: Arc<Self>, stream: TcpStream) {
         // Bytes received and not yet used: a head being read, or the next pipelined request.
         let mut read = Vec::new();
@@ -151,7 +156,6 @@ impl Server {
 
     /// Reads until `read` starts with a complete request head, and takes it out.
     async fn read_head(&self, stream: &TcpStream, read: &mut Vec<u8>) -> io::Result<Head> {
-        let max = self.settings.max_header_bytes + REQUEST_LINE_ALLOWANCE;
         loop {
             if !read.is_empty() {
                 match wire::parse(read) {
@@ -160,7 +164,7 @@ impl Server {
                         *read = read.split_off(len);
                         return Ok(Head::Request { request, keep_alive });
                     }
-                    Parsed::Partial if read.len() < max => {}
+                    Parsed::Partial if read.len() < self.read_limit() => {}
                     Parsed::Partial | Parsed::Other => return Ok(Head::Other),
                 }
             }
@@ -258,7 +262,6 @@ impl Server {
         body: &mut Body,
         read: &mut Vec<u8>,
     ) -> io::Result<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let max = self.settings.max_header_bytes + REQUEST_LINE_ALLOWANCE;
         loop {
             let step = std::future::poll_fn(|cx| {
                 if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
@@ -273,7 +276,9 @@ impl Server {
                     ready?;
                     match read_available(stream, read)? {
                         Some(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                        _ if read.len() > max => return Err(io::Error::other("too many bytes sent while streaming")),
+                        _ if read.len() > self.read_limit() => {
+                            return Err(io::Error::other("too many bytes sent while streaming"));
+                        }
                         _ => {}
                     }
                 }

@@ -2,7 +2,7 @@
 //! orderly end on the terminal event, an upstream error, token expiry, the maximum lifetime or
 //! shutdown. Each representation (SSE, NDJSON, WebSocket) only encodes what this yields.
 //!
-//! The feed owns the viewer's hub subscription: when the client goes away hyper drops the body
+//! The feed owns the viewer's hub subscription: when the client goes away the server drops the body
 //! and with it the subscription, and the last viewer leaving starts the upstream call's linger.
 
 use std::{
