@@ -81,7 +81,9 @@ pub fn service(state: AppState, edge: &EdgeSettings, hubs: &[Hub]) -> HttpServic
         let hub = hub.clone();
         routes = routes.route(
             hub.route(),
-            get(move |state, path, headers, uri, upgrade| resource::stream(hub, state, path, headers, uri, upgrade)),
+            get(move |state, path, headers, uri, upgrade, direct| {
+                resource::stream(hub, state, path, headers, uri, upgrade, direct)
+            }),
         );
     }
     let templates: Arc<[&'static str]> = hubs.iter().map(Hub::route).collect();

@@ -5,8 +5,10 @@
 //! upstream call: it resumes after transient failures, lingers when the last viewer leaves, and
 //! keeps a finished resource's log for late reconnects. Each viewer reads the log and a
 //! broadcast of live events; one that falls behind skips to the latest update (progress is
-//! state), and the terminal event is never skipped.
+//! state), and the terminal event is never skipped. A viewer whose connection is a [`Sink`] is
+//! written to by the driver itself while it is caught up (`direct.rs`).
 
+mod direct;
 mod shared;
 mod viewer;
 
@@ -18,6 +20,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
+pub use direct::{MAX_BATCH, Offer, Sink};
 pub use viewer::ViewerStream;
 
 use self::shared::Shared;
@@ -120,12 +123,18 @@ impl Hub {
     }
 
     /// Subscribes a viewer to `call.id`, resuming after `resume` when given (else starting
-    /// with the latest update). Errors are those known before anything was sent.
-    pub async fn subscribe(&self, call: Call, resume: Option<u64>) -> Result<Subscription, UpstreamError> {
+    /// with the latest update). Errors are those known before anything was sent. With a
+    /// `sink`, the hub writes to the viewer's connection itself while the viewer is caught up.
+    pub async fn subscribe(
+        &self,
+        call: Call,
+        resume: Option<u64>,
+        sink: Option<Arc<dyn Sink>>,
+    ) -> Result<Subscription, UpstreamError> {
         let key = self.key(&call);
         loop {
             let shared = self.shared(&key, &call);
-            match shared.attach(resume, &self.inner.settings, None).await {
+            match shared.attach(resume, &self.inner.settings, None, sink.as_ref()).await {
                 shared::Attach::Ready(subscription) => {
                     if resume.is_some() {
                         self.inner.settings.metrics.replay(true);
@@ -137,7 +146,7 @@ impl Hub {
                 shared::Attach::Gone => continue,
                 shared::Attach::NeedsPrivateCall(after) => {
                     self.inner.settings.metrics.replay(false);
-                    return self.private(call, after).await;
+                    return self.private(call, after, sink).await;
                 }
             }
         }
@@ -184,7 +193,12 @@ impl Hub {
     /// A viewer whose resume point is older than the shared log gets its own upstream call
     /// from that point; if the upstream no longer has it either, the stream is reset and joins
     /// the shared call at its latest update.
-    async fn private(&self, call: Call, after: u64) -> Result<Subscription, UpstreamError> {
+    async fn private(
+        &self,
+        call: Call,
+        after: u64,
+        sink: Option<Arc<dyn Sink>>,
+    ) -> Result<Subscription, UpstreamError> {
         let inner = &self.inner;
         let own = Call { resume_after: after, ..call.clone() };
         // Not in the map: nobody else attaches, and it ends when its viewer leaves.
@@ -195,10 +209,10 @@ impl Hub {
             inner.shutdown.child_token(),
             |_| {},
         );
-        match private.attach(Some(after), &inner.settings, Some(from_start)).await {
+        match private.attach(Some(after), &inner.settings, Some(from_start), sink.as_ref()).await {
             shared::Attach::Ready(subscription) => Ok(subscription),
             shared::Attach::Failed(error) if error.code == tonic::Code::OutOfRange => {
-                match Box::pin(self.subscribe(call, None)).await? {
+                match Box::pin(self.subscribe(call, None, sink)).await? {
                     Subscription::Live { events, .. } => Ok(Subscription::Live { reset: true, events }),
                     finished @ Subscription::Finished { .. } => Ok(finished),
                 }

@@ -170,6 +170,13 @@ impl Metrics {
         self.replay.get_or_create(&Outcome { outcome: if hit { "hit" } else { "miss" } }).inc();
     }
 
+    /// One sample of the delivery lag of an event emitted at `emitted_at`, taken now.
+    pub fn delivery_lag(&self, emitted_at: Option<SystemTime>) {
+        if let Some(lag) = emitted_at.and_then(|at| SystemTime::now().duration_since(at).ok()) {
+            self.delivery_lag.observe(lag.as_secs_f64());
+        }
+    }
+
     /// A request failed authentication.
     pub fn auth_failed(&self, reason: &'static str) {
         self.auth_failures.get_or_create(&Reason { reason }).inc();
@@ -199,9 +206,13 @@ impl OpenStream {
         if !(self.delivered - 1).is_multiple_of(LAG_SAMPLE_EVERY) {
             return;
         }
-        if let Some(lag) = emitted_at.and_then(|at| SystemTime::now().duration_since(at).ok()) {
-            self.metrics.delivery_lag.observe(lag.as_secs_f64());
-        }
+        self.metrics.delivery_lag(emitted_at);
+    }
+
+    /// The hub wrote `count` events to this stream's connection itself; it samples their lag.
+    pub fn sent_directly(&mut self, count: u64) {
+        self.sent.inc_by(count);
+        self.delivered += count;
     }
 
     /// The stream's first event went out `after` the request arrived.

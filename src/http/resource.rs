@@ -4,7 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use axum::{
+    Extension,
     extract::{
         Path, State,
         rejection::PathRejection,
@@ -16,12 +19,13 @@ use axum::{
 
 use super::{
     ApiError, AppState,
-    representation::{self, Representation},
+    representation::{self, DirectEvents, Representation},
+    server::DirectWrite,
     stream::{Viewer, feed},
 };
 use crate::{
     auth::Principal,
-    hub::{Hub, Subscription},
+    hub::{Hub, Sink, Subscription},
     metrics::Transport,
     upstream::{Call, Identity},
 };
@@ -44,6 +48,7 @@ pub async fn stream(
     headers: HeaderMap,
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    direct: Option<Extension<DirectWrite>>,
 ) -> Result<Response, ApiError> {
     let span = tracing::Span::current();
     let started = Instant::now();
@@ -82,8 +87,19 @@ pub async fn stream(
     let identity = identity(&headers, principal.as_ref());
     span.record("request_id", identity.request_id.as_str());
     let request_id = HeaderValue::from_str(&identity.request_id).ok();
+    let transport = match (&upgrade, representation) {
+        (Some(_), _) => Transport::WebSocket,
+        (None, Some(Representation::LongPoll)) => Transport::LongPoll,
+        (None, Some(Representation::Ndjson)) => Transport::Ndjson,
+        (None, _) => Transport::Sse,
+    };
+    // Served by our own HTTP/1.1 path: the hub may write a caught-up stream's events itself.
+    let sink =
+        direct.filter(|_| matches!(transport, Transport::Sse | Transport::Ndjson)).map(|Extension(connection)| {
+            Arc::new(DirectEvents::new(connection, transport == Transport::Ndjson)) as Arc<dyn Sink>
+        });
     let call = Call { id: document_id, resume_after: 0, identity };
-    let subscription = hub.subscribe(call, resume).await.map_err(ApiError::Upstream)?;
+    let subscription = hub.subscribe(call, resume, sink).await.map_err(ApiError::Upstream)?;
     let (reset, events) = match subscription {
         Subscription::Finished { last } if representation == Some(Representation::LongPoll) => {
             return Ok(representation::long_poll_finished(last));
@@ -91,12 +107,6 @@ pub async fn stream(
         // The viewer already has the terminal event: 204 tells EventSource to stop reconnecting.
         Subscription::Finished { .. } => return Ok(StatusCode::NO_CONTENT.into_response()),
         Subscription::Live { reset, events } => (reset, events),
-    };
-    let transport = match (&upgrade, representation) {
-        (Some(_), _) => Transport::WebSocket,
-        (None, Some(Representation::LongPoll)) => Transport::LongPoll,
-        (None, Some(Representation::Ndjson)) => Transport::Ndjson,
-        (None, _) => Transport::Sse,
     };
     let metrics = state.metrics.stream_opened(hub.route(), transport);
     let viewer = Viewer { permit, expires_at: principal.map(|p| p.expires_at), metrics, started };

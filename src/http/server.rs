@@ -14,6 +14,7 @@
 //! such a connection: WebSocket upgrades, requests with a body, HTTP/2 and malformed heads (it
 //! answers those with its own 400 or 431).
 
+mod direct;
 mod handover;
 mod wire;
 
@@ -35,6 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt as _;
 
+pub use self::direct::DirectWrite;
 use self::wire::{ChunkSize, Framing, LAST_CHUNK, Parsed};
 use super::HttpService;
 
@@ -70,9 +72,7 @@ pub async fn serve(listener: TcpListener, service: HttpService, settings: Server
                 // Events are small writes that must not wait for Nagle; failing to set the
                 // option only costs latency.
                 let _ = stream.set_nodelay(true);
-                let fut = Arc::clone(&server).connection(stream);
-                tracing::warn!(size = std::mem::size_of_val(&fut), "SIZE");
-                connections.spawn(fut);
+                connections.spawn(Arc::clone(&server).connection(stream));
             }
             Err(error) if is_connection_error(&error) => {}
             Err(error) => {
@@ -111,10 +111,11 @@ enum Head {
     Closed,
 }
 
-/// The next body frame, or the client's end of the connection.
+/// The next body frame, the client's end of the connection, or what a direct write left.
 enum Step {
     Frame(Option<Result<Frame<Bytes>, axum::Error>>),
     Readable(io::Result<()>),
+    Held(Vec<u8>),
 }
 
 impl Server {
@@ -124,6 +125,8 @@ impl Server {
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream) {
+        // Shared with the hub's direct writes (by weak reference) while a stream waits.
+        let stream = Arc::new(stream);
         // Bytes received and not yet used: a head being read, or the next pipelined request.
         let mut read = Vec::new();
         loop {
@@ -136,6 +139,8 @@ impl Server {
             let (request, keep_alive) = match head {
                 Ok(Ok(Head::Request { request, keep_alive })) => (request, keep_alive),
                 Ok(Ok(Head::Other)) => {
+                    // Direct writes have all ended with their responses: nothing else holds it.
+                    let Ok(stream) = Arc::try_unwrap(stream) else { return };
                     let (service, shutdown) = (self.service.clone(), self.shutdown.clone());
                     // Boxed: hyper's connection state is large, and only these connections need it.
                     let handover = handover::serve(stream, read, service, self.settings.stall_timeout, shutdown);
@@ -179,11 +184,13 @@ impl Server {
     /// another request.
     async fn respond(
         &self,
-        stream: &TcpStream,
-        request: Request<Body>,
+        stream: &Arc<TcpStream>,
+        mut request: Request<Body>,
         keep_alive: bool,
         read: &mut Vec<u8>,
     ) -> io::Result<bool> {
+        let direct = DirectWrite::new(stream);
+        request.extensions_mut().insert(direct.clone());
         let head_only = request.method() == Method::HEAD;
         let version = request.version();
         let response = match self.service.clone().oneshot(request).await {
@@ -200,7 +207,9 @@ impl Server {
             wire::write_all(stream, &mut [IoSlice::new(&head)], stall).await?;
             return Ok(keep_alive);
         }
-        self.write_body(stream, head, body, framing, read).await?;
+        let written = self.write_body(stream, head, body, framing, read, &direct).await;
+        direct.close();
+        written?;
         Ok(keep_alive && !self.shutdown.is_cancelled())
     }
 
@@ -213,6 +222,7 @@ impl Server {
         mut body: Body,
         framing: Framing,
         read: &mut Vec<u8>,
+        direct: &DirectWrite,
     ) -> io::Result<()> {
         let stall = self.settings.stall_timeout;
         let mut head = Some(head);
@@ -224,7 +234,7 @@ impl Server {
                     if let Some(head) = head.take() {
                         wire::write_all(stream, &mut [IoSlice::new(&head)], stall).await?;
                     }
-                    self.next_frame(stream, &mut body, read).await?
+                    self.next_frame(stream, &mut body, framing, read, direct).await?
                 }
             };
             let head_bytes = head.take().unwrap_or_default();
@@ -255,23 +265,38 @@ impl Server {
 
     /// Waits for the next body frame while watching the socket: a client that closes its end
     /// drops the body at once (and with it the hub subscription), without waiting for the next
-    /// write to fail. Bytes that arrive meanwhile are kept for the next request.
+    /// write to fail. Bytes that arrive meanwhile are kept for the next request. While it
+    /// waits, the hub may write events through `direct`; what such a write left is written
+    /// before the next frame.
     async fn next_frame(
         &self,
         stream: &TcpStream,
         body: &mut Body,
+        framing: Framing,
         read: &mut Vec<u8>,
+        direct: &DirectWrite,
     ) -> io::Result<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let direct_framing = matches!(framing, Framing::Chunked | Framing::UntilClose);
         loop {
             let step = std::future::poll_fn(|cx| {
+                let held = direct.close();
+                if !held.is_empty() {
+                    return Poll::Ready(Step::Held(held));
+                }
                 if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
                     return Poll::Ready(Step::Frame(frame));
+                }
+                if direct_framing {
+                    direct.open(framing == Framing::Chunked);
                 }
                 stream.poll_read_ready(cx).map(Step::Readable)
             })
             .await;
             match step {
                 Step::Frame(frame) => return Ok(frame),
+                Step::Held(held) => {
+                    wire::write_all(stream, &mut [IoSlice::new(&held)], self.settings.stall_timeout).await?
+                }
                 Step::Readable(ready) => {
                     ready?;
                     match read_available(stream, read)? {

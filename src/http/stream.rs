@@ -112,6 +112,14 @@ pub fn feed(
                 () = &mut deadline => Next::Deadline,
                 () = &mut heartbeat => Next::Heartbeat,
             };
+            // Events the hub wrote to the connection itself are counted as they are noticed.
+            let (direct, direct_at) = events.take_written_directly();
+            if direct > 0 {
+                metrics.sent_directly(direct);
+            }
+            if let Some(at) = direct_at {
+                last_output = last_output.max(at);
+            }
             match next {
                 Next::Item(Some(Ok(event))) => {
                     let terminal = event.kind.is_terminal();
@@ -129,6 +137,7 @@ pub fn feed(
                     }
                 }
                 Next::Item(Some(Err(error))) => break Ending::Error(ApiError::Upstream(error)),
+                Next::Item(None) if events.ended_directly() => break Ending::Terminal,
                 Next::Item(None) => break Ending::Error(ApiError::Upstream(UpstreamError::ended_early())),
                 Next::Heartbeat => {
                     let due = last_output + settings.heartbeat;

@@ -1,6 +1,7 @@
 //! One shared upstream call: its replay log, the broadcast of live events, and viewers
 //! attaching to it. The task that calls the upstream lives in `driver.rs`.
 
+mod audience;
 mod driver;
 
 use std::{
@@ -13,7 +14,11 @@ use tokio::{
     time::Instant,
 };
 
-use super::{HubSettings, Subscription, viewer};
+use super::{
+    HubSettings, Subscription,
+    direct::{Parking, Sink},
+    viewer,
+};
 use crate::{event::StreamEvent, metrics::Metrics, upstream::UpstreamError};
 
 /// A viewer's end of the live broadcast.
@@ -27,6 +32,8 @@ pub(super) struct Shared {
     viewers: watch::Sender<usize>,
     /// Bumped when the first events arrive or the call ends, for subscribers waiting on it.
     changed: watch::Sender<()>,
+    /// Viewers the driver writes to directly (see `direct.rs`).
+    audience: audience::Audience,
     metrics: Arc<Metrics>,
 }
 
@@ -39,6 +46,8 @@ struct State {
     end: Option<End>,
     /// The failure being retried, reported to a first viewer that gets no event in time.
     retrying: Option<UpstreamError>,
+    /// Viewers parked for the first time since the last publish; the driver takes them over.
+    incoming: Vec<Arc<Parking>>,
 }
 
 /// How a shared call ended.
@@ -62,20 +71,30 @@ pub(super) enum Attach {
     NeedsPrivateCall(u64),
 }
 
-/// Counts a viewer until dropped.
+/// Counts a viewer until dropped, and detaches its parking.
 #[derive(Debug)]
-pub(super) struct ViewerGuard(Arc<Shared>);
+pub(super) struct ViewerGuard {
+    shared: Arc<Shared>,
+    pub(super) parking: Option<Arc<Parking>>,
+}
 
 impl ViewerGuard {
     pub(super) fn shared(&self) -> &Arc<Shared> {
-        &self.0
+        &self.shared
     }
 }
 
 impl Drop for ViewerGuard {
     fn drop(&mut self) {
-        self.0.viewers.send_modify(|n| *n = n.saturating_sub(1));
-        self.0.metrics.viewer_attached(false);
+        if let Some(parking) = &self.parking {
+            parking.detach();
+            self.shared.lock().incoming.retain(|p| !Arc::ptr_eq(p, parking));
+            // A shard being written drops detached viewers after the write; only a quiet call's
+            // audience needs pruning here.
+            self.shared.audience.forget(parking);
+        }
+        self.shared.viewers.send_modify(|n| *n = n.saturating_sub(1));
+        self.shared.metrics.viewer_attached(false);
     }
 }
 
@@ -88,6 +107,7 @@ impl Shared {
         resume: Option<u64>,
         settings: &HubSettings,
         mut from_start: Option<Receiver>,
+        sink: Option<&Arc<dyn Sink>>,
     ) -> Attach {
         let mut changes = self.changed.subscribe();
         let deadline = Instant::now() + settings.first_event_wait;
@@ -96,9 +116,9 @@ impl Shared {
                 let state = self.lock();
                 match state.end {
                     Some(End::Cancelled) => true,
-                    Some(_) => return self.attach_now(state, resume, from_start.take()),
+                    Some(_) => return self.attach_now(state, resume, from_start.take(), sink),
                     None if !state.log.is_empty() || Instant::now() >= deadline => {
-                        return self.attach_now(state, resume, from_start.take());
+                        return self.attach_now(state, resume, from_start.take(), sink);
                     }
                     None => false,
                 }
@@ -120,6 +140,7 @@ impl Shared {
         state: MutexGuard<'_, State>,
         resume: Option<u64>,
         from_start: Option<Receiver>,
+        sink: Option<&Arc<dyn Sink>>,
     ) -> Attach {
         let (Some(first), Some(latest)) = (state.log.front(), state.log.back()) else {
             return match (&state.end, &state.retrying) {
@@ -127,11 +148,11 @@ impl Shared {
                 (Some(End::Terminal), _) => Attach::Failed(UpstreamError::ended_early()),
                 (Some(End::Cancelled), _) => Attach::Gone,
                 // Connected, but the upstream has not sent anything yet: stream what comes.
-                (None, None) => self.ready(&state, Vec::new(), resume.unwrap_or(0), from_start),
+                (None, None) => self.ready(&state, Vec::new(), resume.unwrap_or(0), from_start, sink),
             };
         };
         if from_start.is_some() {
-            return self.ready(&state, Vec::new(), resume.unwrap_or(0), from_start);
+            return self.ready(&state, Vec::new(), resume.unwrap_or(0), from_start, sink);
         }
         let finished = matches!(state.end, Some(End::Terminal));
         let backlog: Vec<_> = match resume {
@@ -145,7 +166,7 @@ impl Shared {
         if let (Some(End::Failed(error)), true) = (&state.end, backlog.is_empty()) {
             return Attach::Failed(error.clone());
         }
-        self.ready(&state, backlog, resume.unwrap_or(0), None)
+        self.ready(&state, backlog, resume.unwrap_or(0), None, sink)
     }
 
     fn ready(
@@ -154,12 +175,41 @@ impl Shared {
         backlog: Vec<Arc<StreamEvent>>,
         cursor: u64,
         from_start: Option<Receiver>,
+        sink: Option<&Arc<dyn Sink>>,
     ) -> Attach {
         self.viewers.send_modify(|n| *n += 1);
         self.metrics.viewer_attached(true);
-        let guard = ViewerGuard(Arc::clone(self));
+        let parking = sink.map(|sink| Arc::new(Parking::new(Arc::clone(sink))));
+        let guard = ViewerGuard { shared: Arc::clone(self), parking };
         let live = from_start.or_else(|| state.live.as_ref().map(broadcast::Sender::subscribe));
         Attach::Ready(Subscription::Live { reset: false, events: viewer::shared(guard, backlog, live, cursor) })
+    }
+
+    /// Parks a viewer that has every event up to `cursor`, the latest one; `false` when there
+    /// are newer events or the call has ended. `listed`: the driver already knows the viewer.
+    pub(super) fn park(&self, parking: &Arc<Parking>, cursor: u64, listed: &mut bool) -> bool {
+        let mut state = self.lock();
+        if state.end.is_some() || state.log.back().map(|e| e.id) != Some(cursor) {
+            return false;
+        }
+        // Under the log's lock: the driver writes every event logged after this to the viewer.
+        parking.park(cursor);
+        if !std::mem::replace(listed, true) {
+            state.incoming.push(Arc::clone(parking));
+        }
+        true
+    }
+
+    /// A fresh receiver and the events after `cursor`, for a viewer the driver woke. One that
+    /// fell behind the log gets only the latest event.
+    pub(super) fn resume(&self, cursor: u64) -> (Option<Receiver>, Vec<Arc<StreamEvent>>) {
+        let state = self.lock();
+        let receiver = state.live.as_ref().map(broadcast::Sender::subscribe);
+        let backlog = match state.log.front() {
+            Some(first) if cursor + 1 >= first.id => state.log.iter().filter(|e| e.id > cursor).cloned().collect(),
+            _ => state.log.back().filter(|e| e.id > cursor).cloned().into_iter().collect(),
+        };
+        (receiver, backlog)
     }
 
     /// A fresh receiver and the latest event, for a viewer that fell behind.

@@ -1,19 +1,71 @@
 //! One viewer's event stream: the backlog from the log, then live events, conflated to the
-//! latest when the viewer falls behind, never without the terminal event.
+//! latest when the viewer falls behind, never without the terminal event. A viewer with a
+//! [`Sink`](super::Sink) parks whenever it is caught up, and the driver writes to its
+//! connection until it hands it back (see `direct.rs`).
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use futures_util::Stream;
-use tokio::sync::broadcast::{Receiver, error::RecvError};
+use tokio::{
+    sync::broadcast::{
+        Receiver,
+        error::{RecvError, TryRecvError},
+    },
+    time::Instant,
+};
 
-use super::shared::{End, ViewerGuard};
+use super::{
+    direct::Parking,
+    shared::{End, ViewerGuard},
+};
 use crate::{event::StreamEvent, upstream::UpstreamError};
 
 /// What a viewer receives: events, or the error that ended the upstream call.
 type Delivery = Result<Arc<StreamEvent>, UpstreamError>;
 
 /// A viewer's events. Dropping it detaches the viewer.
-pub type ViewerStream = Pin<Box<dyn Stream<Item = Delivery> + Send>>;
+pub struct ViewerStream {
+    events: Pin<Box<dyn Stream<Item = Delivery> + Send>>,
+    parking: Option<Arc<Parking>>,
+}
+
+impl std::fmt::Debug for ViewerStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewerStream").field("parking", &self.parking).finish_non_exhaustive()
+    }
+}
+
+impl Stream for ViewerStream {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.events.as_mut().poll_next(cx)
+    }
+}
+
+impl ViewerStream {
+    /// Events the hub wrote to the connection itself since the last call (they never pass
+    /// through this stream), and when it last did.
+    pub fn take_written_directly(&self) -> (u64, Option<Instant>) {
+        self.parking.as_ref().map_or((0, None), |parking| parking.take_written())
+    }
+
+    /// Whether the hub wrote the terminal event itself: the stream then ends without yielding it.
+    pub fn ended_directly(&self) -> bool {
+        self.parking.as_ref().is_some_and(|parking| parking.wrote_terminal())
+    }
+}
+
+/// What a viewer does next.
+enum Step {
+    Received(Result<Arc<StreamEvent>, RecvError>),
+    /// Caught up and parked: the driver writes until it hands the connection back.
+    Parked(Arc<Parking>),
+}
 
 /// The stream of a viewer attached to a shared call, starting after `cursor`.
 pub(super) fn shared(
@@ -22,47 +74,60 @@ pub(super) fn shared(
     live: Option<Receiver<Arc<StreamEvent>>>,
     cursor: u64,
 ) -> ViewerStream {
-    Box::pin(async_stream::stream! {
+    let parking = guard.parking.clone();
+    let events = async_stream::stream! {
         let shared = guard.shared();
         let mut cursor = cursor;
-        for event in backlog {
-            cursor = event.id;
-            let terminal = event.kind.is_terminal();
-            yield Ok(event);
-            if terminal {
-                return;
-            }
-        }
+        let mut backlog = backlog;
         let mut live = live;
+        // Parking waits for the first event, so the first one always passes through the
+        // stream (its latency is measured there).
+        let mut yielded = false;
+        let mut listed = false;
         loop {
-            let received = match live.as_mut() {
-                Some(receiver) => receiver.recv().await,
-                None => Err(RecvError::Closed),
+            for event in backlog.drain(..) {
+                cursor = event.id;
+                yielded = true;
+                let terminal = event.kind.is_terminal();
+                yield Ok(event);
+                if terminal {
+                    return;
+                }
+            }
+            let step = match live.as_mut() {
+                None => Step::Received(Err(RecvError::Closed)),
+                Some(receiver) => match receiver.try_recv() {
+                    Ok(event) => Step::Received(Ok(event)),
+                    Err(TryRecvError::Lagged(skipped)) => Step::Received(Err(RecvError::Lagged(skipped))),
+                    Err(TryRecvError::Closed) => Step::Received(Err(RecvError::Closed)),
+                    Err(TryRecvError::Empty) => match guard.parking.as_ref() {
+                        Some(parking) if yielded && shared.park(parking, cursor, &mut listed) => {
+                            Step::Parked(Arc::clone(parking))
+                        }
+                        _ => Step::Received(receiver.recv().await),
+                    },
+                },
+            };
+            let received = match step {
+                Step::Parked(parking) => {
+                    // Parked viewers hold no receiver: the broadcast keeps nothing for them.
+                    drop(live.take());
+                    cursor = parking.woken().await;
+                    (live, backlog) = shared.resume(cursor);
+                    continue;
+                }
+                Step::Received(received) => received,
             };
             match received {
                 Ok(event) if event.id <= cursor => {}
-                Ok(event) => {
-                    cursor = event.id;
-                    let terminal = event.kind.is_terminal();
-                    yield Ok(event);
-                    if terminal {
-                        return;
-                    }
-                }
+                Ok(event) => backlog.push(event),
                 Err(RecvError::Lagged(skipped)) => {
                     // Progress is state: a viewer that fell behind jumps to the latest update
                     // instead of buffering the ones it missed.
                     tracing::debug!(skipped, "slow viewer conflated to the latest update");
                     let (receiver, latest) = shared.catch_up();
                     live = receiver;
-                    if let Some(event) = latest.filter(|e| e.id > cursor) {
-                        cursor = event.id;
-                        let terminal = event.kind.is_terminal();
-                        yield Ok(event);
-                        if terminal {
-                            return;
-                        }
-                    }
+                    backlog.extend(latest.filter(|e| e.id > cursor));
                 }
                 Err(RecvError::Closed) => {
                     match shared.ending() {
@@ -75,5 +140,6 @@ pub(super) fn shared(
                 }
             }
         }
-    })
+    };
+    ViewerStream { events: Box::pin(events), parking }
 }

@@ -248,6 +248,21 @@ impl SseReader {
     }
 }
 
+/// The body of a chunked response, de-chunked; panics on broken framing.
+pub fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size, 16).expect("hex chunk size");
+        if size == 0 {
+            assert_eq!(rest, "\r\n", "nothing after the last chunk");
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].strip_prefix("\r\n").expect("CRLF after a chunk");
+    }
+}
+
 /// The events of a transcript as (id, event name, parsed data).
 pub fn events(frames: &[Frame]) -> Vec<(Option<String>, String, Value)> {
     frames

@@ -9,7 +9,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{PATIENCE, TestApp, names};
+use crate::helpers::{PATIENCE, TestApp, dechunk, names};
 
 /// Sends raw bytes and reads until the server closes the connection.
 async fn exchange(app: &TestApp, request: &str) -> String {
@@ -18,21 +18,6 @@ async fn exchange(app: &TestApp, request: &str) -> String {
     let mut received = Vec::new();
     tokio::time::timeout(PATIENCE, socket.read_to_end(&mut received)).await.expect("the server closes").unwrap();
     String::from_utf8(received).expect("responses are UTF-8")
-}
-
-/// The body of a chunked response, de-chunked; panics on broken framing.
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").expect("a chunk size line");
-        let size = usize::from_str_radix(size, 16).expect("hex chunk size");
-        if size == 0 {
-            assert_eq!(rest, "\r\n", "nothing after the last chunk");
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].strip_prefix("\r\n").expect("CRLF after a chunk");
-    }
 }
 
 fn stream_request(app: &TestApp, version: &str, extra: &str) -> String {

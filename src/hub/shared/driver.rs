@@ -15,7 +15,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use super::{End, Receiver, Shared, State};
+use super::{End, Receiver, Shared, State, audience::Audience};
 use crate::{
     event::StreamEvent,
     hub::HubSettings,
@@ -44,9 +44,16 @@ impl Shared {
     ) -> (Arc<Self>, Receiver) {
         let (live, first) = broadcast::channel(settings.viewer_lag.max(1));
         let shared = Arc::new(Self {
-            state: Mutex::new(State { log: VecDeque::new(), live: Some(live), end: None, retrying: None }),
+            state: Mutex::new(State {
+                log: VecDeque::new(),
+                live: Some(live),
+                end: None,
+                retrying: None,
+                incoming: Vec::new(),
+            }),
             viewers: watch::channel(0).0,
             changed: watch::channel(()).0,
+            audience: Audience::default(),
             metrics: Arc::clone(&settings.metrics),
         });
         let driver = Arc::clone(&shared);
@@ -141,7 +148,8 @@ impl Shared {
     /// dropped.
     fn publish(&self, batch: Vec<StreamEvent>, last: &mut u64, replay: usize) -> bool {
         let mut terminal = false;
-        let first = {
+        let mut fresh = Vec::with_capacity(batch.len());
+        let (first, incoming) = {
             let mut state = self.lock();
             let first = state.log.is_empty();
             state.retrying = None;
@@ -157,6 +165,7 @@ impl Shared {
                 *last = event.id;
                 terminal = event.kind.is_terminal();
                 let event = Arc::new(event);
+                fresh.push(Arc::clone(&event));
                 state.log.push_back(Arc::clone(&event));
                 while state.log.len() > replay.max(1) {
                     state.log.pop_front();
@@ -172,8 +181,10 @@ impl Shared {
                 state.end = Some(End::Terminal);
                 state.live = None;
             }
-            first
+            // Viewers parked before these events were logged: the driver writes them these.
+            (first, std::mem::take(&mut state.incoming))
         };
+        self.audience.publish(&fresh, incoming, &self.metrics);
         // Subscribers wait only for the first events or the end; waking them for every event
         // would cost a notification per event.
         if first || terminal {
@@ -183,10 +194,15 @@ impl Shared {
     }
 
     fn finish(&self, end: End) {
-        {
+        let incoming = {
             let mut state = self.lock();
             state.end = Some(end);
             state.live = None;
+            std::mem::take(&mut state.incoming)
+        };
+        // Parked viewers take their connections back to end their streams.
+        for viewer in self.audience.take_all().iter().chain(&incoming) {
+            viewer.hand_back();
         }
         self.changed.send_replace(());
     }

@@ -1,0 +1,172 @@
+//! Direct delivery: while a viewer is caught up, the shared call's driver writes each new event
+//! to the viewer's connection itself. A broadcast to thousands of viewers then costs one pass
+//! over their sockets per event, instead of a task wake-up, a channel receive and a trip through
+//! the response body per viewer and event.
+//!
+//! The viewer's own task sleeps meanwhile, parked. The driver hands the connection back (and
+//! wakes the task) when a write did not go out whole, when the connection refused it (it has
+//! something of its own to write, such as a heartbeat), after the terminal event, and when the
+//! call ends. The task then catches up from the log, exactly as after a wake-up by the
+//! broadcast, so nothing is lost or sent twice whoever wrote an event.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+};
+
+use futures_util::task::AtomicWaker;
+use tokio::time::Instant;
+
+use crate::event::StreamEvent;
+
+/// The most events written to a connection at once.
+pub const MAX_BATCH: usize = 32;
+
+/// A client connection the hub may write events to while the viewer's task sleeps.
+pub trait Sink: Send + Sync + std::fmt::Debug + 'static {
+    /// Writes the events (at most [`MAX_BATCH`], in order) now, in one write, without waiting.
+    fn offer(&self, events: &[Arc<StreamEvent>]) -> Offer;
+}
+
+/// What became of offered events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// All of it was written.
+    Written,
+    /// Part of it was written; the sink keeps the rest and writes it before anything else.
+    Held,
+    /// Nothing was written: the connection is writing something of its own, or is gone.
+    Refused,
+}
+
+/// The viewer's task owns the connection.
+const ACTIVE: u8 = 0;
+/// The driver may write to the connection.
+const PARKED: u8 = 1;
+/// The driver is writing to the connection.
+const WRITING: u8 = 2;
+/// The viewer left; the driver forgets it.
+const DETACHED: u8 = 3;
+
+/// A viewer that may be parked on its connection.
+#[derive(Debug)]
+pub struct Parking {
+    sink: Arc<dyn Sink>,
+    state: AtomicU8,
+    /// The last event the viewer has: set when parking, advanced by the driver.
+    cursor: AtomicU64,
+    /// Events the driver wrote that the viewer's task has not counted yet.
+    written: AtomicU64,
+    /// When the driver last wrote, in milliseconds after `since`, plus one (0: never).
+    last_write: AtomicU64,
+    since: Instant,
+    /// The driver wrote the terminal event.
+    terminal: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Parking {
+    pub(super) fn new(sink: Arc<dyn Sink>) -> Self {
+        Self {
+            sink,
+            state: AtomicU8::new(ACTIVE),
+            cursor: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
+            since: Instant::now(),
+            terminal: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// The viewer hands its connection to the driver; it has every event up to `cursor`.
+    pub(super) fn park(&self, cursor: u64) {
+        self.cursor.store(cursor, Ordering::Relaxed);
+        self.state.store(PARKED, Ordering::Release);
+    }
+
+    /// Resolves with the viewer's cursor once the driver has handed the connection back.
+    pub(super) async fn woken(&self) -> u64 {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            match self.state.load(Ordering::Acquire) {
+                PARKED | WRITING => std::task::Poll::Pending,
+                _ => std::task::Poll::Ready(self.cursor.load(Ordering::Relaxed)),
+            }
+        })
+        .await
+    }
+
+    /// The viewer left: once this returns the driver no longer writes to its connection.
+    pub(super) fn detach(&self) {
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                // One non-blocking write; it is over in microseconds.
+                WRITING => std::thread::yield_now(),
+                current => {
+                    let swapped = self.state.compare_exchange(current, DETACHED, Ordering::AcqRel, Ordering::Acquire);
+                    if swapped.is_ok() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn is_detached(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DETACHED
+    }
+
+    /// The driver writes `events` (consecutive, at most [`MAX_BATCH`]) if the viewer is parked;
+    /// returns whether it wrote.
+    pub(super) fn deliver(&self, events: &[Arc<StreamEvent>], now: Instant) -> bool {
+        if self.state.compare_exchange(PARKED, WRITING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        // Parked after some of these were logged: the viewer has those already.
+        let cursor = self.cursor.load(Ordering::Relaxed);
+        let fresh = &events[events.partition_point(|event| event.id <= cursor)..];
+        let Some(last) = fresh.last() else {
+            self.state.store(PARKED, Ordering::Release);
+            return false;
+        };
+        let offer = self.sink.offer(fresh);
+        let terminal = last.kind.is_terminal();
+        if offer != Offer::Refused {
+            self.cursor.store(last.id, Ordering::Relaxed);
+            self.written.fetch_add(fresh.len() as u64, Ordering::Relaxed);
+            let millis = u64::try_from(now.saturating_duration_since(self.since).as_millis()).unwrap_or(u64::MAX);
+            self.last_write.store(millis.saturating_add(1), Ordering::Relaxed);
+            self.terminal.store(terminal, Ordering::Relaxed);
+        }
+        if offer == Offer::Written && !terminal {
+            self.state.store(PARKED, Ordering::Release);
+        } else {
+            self.state.store(ACTIVE, Ordering::Release);
+            self.waker.wake();
+        }
+        offer != Offer::Refused
+    }
+
+    /// The call ended: the viewer's task takes its connection back to end the stream.
+    pub(super) fn hand_back(&self) {
+        // Only the driver writes, and it is the caller: the state is never `WRITING` here.
+        if self.state.compare_exchange(PARKED, ACTIVE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.waker.wake();
+        }
+    }
+
+    /// Events the driver wrote since the last call, and when it last wrote.
+    pub fn take_written(&self) -> (u64, Option<Instant>) {
+        let last = match self.last_write.load(Ordering::Relaxed) {
+            0 => None,
+            millis => Some(self.since + std::time::Duration::from_millis(millis - 1)),
+        };
+        (self.written.swap(0, Ordering::Relaxed), last)
+    }
+
+    /// Whether the driver wrote the terminal event (the viewer's stream then ends without it).
+    pub fn wrote_terminal(&self) -> bool {
+        self.terminal.load(Ordering::Relaxed)
+    }
+}
