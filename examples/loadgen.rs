@@ -202,6 +202,8 @@ async fn connection(
     let mut tally = Tally::default();
     let mut last_id = 0u64;
     dechunk.feed(&buf[body_start..], &mut sse);
+    let window_end = tokio::time::sleep_until(measure_until.into());
+    tokio::pin!(window_end);
     loop {
         scan_events(&mut sse, &mut |id, emitted_at| {
             let now = Instant::now();
@@ -223,15 +225,16 @@ async fn connection(
                 tally.latencies_us.push(u32::try_from(lag.as_micros()).unwrap_or(u32::MAX));
             }
         });
-        let remaining = measure_until.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Ok(tally);
-        }
-        match tokio::time::timeout(remaining, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) => return Err("server closed the stream".into()),
-            Ok(Ok(read)) => dechunk.feed(&chunk[..read], &mut sse),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Ok(tally),
+        // One timer for the whole window, not one per read.
+        let read = tokio::select! {
+            biased;
+            read = stream.read(&mut chunk) => read,
+            () = &mut window_end => return Ok(tally),
+        };
+        match read {
+            Ok(0) => return Err("server closed the stream".into()),
+            Ok(read) => dechunk.feed(&chunk[..read], &mut sse),
+            Err(e) => return Err(e.to_string()),
         }
     }
 }
@@ -293,7 +296,7 @@ impl Dechunker {
 /// the parsed `emittedAt` of every event that has data.
 fn scan_events(buf: &mut Vec<u8>, each: &mut impl FnMut(Option<u64>, Option<SystemTime>)) {
     let mut start = 0;
-    while let Some(end) = buf[start..].windows(2).position(|w| w == b"\n\n") {
+    while let Some(end) = memchr::memmem::find(&buf[start..], b"\n\n") {
         let block = &buf[start..start + end];
         let mut id = None;
         let mut data = None;
@@ -315,7 +318,7 @@ fn scan_events(buf: &mut Vec<u8>, each: &mut impl FnMut(Option<u64>, Option<Syst
 /// `"emittedAt":"2026-11-23T10:00:00.123456789Z"` parsed without allocating.
 fn emitted_at(json: &[u8]) -> Option<SystemTime> {
     const KEY: &[u8] = b"\"emittedAt\":\"";
-    let at = json.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let at = memchr::memmem::find(json, KEY)? + KEY.len();
     let ts = json.get(at..at + 30)?;
     let num = |r: std::ops::Range<usize>| -> Option<u64> { std::str::from_utf8(&ts[r]).ok()?.parse().ok() };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);

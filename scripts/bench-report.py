@@ -9,7 +9,8 @@ def load(name):
     if not os.path.exists(path):
         return None
     data = json.load(open(path))
-    calls = open(os.path.join(results, name + ".calls")).read().strip()
+    calls_path = os.path.join(results, name + ".calls")
+    calls = open(calls_path).read().strip() if os.path.exists(calls_path) else ""
     data["upstream_calls"] = int(float(calls)) if calls else None
     return data
 
@@ -26,6 +27,13 @@ if b:
         f"{fmt(b['events_per_s'], digits=0)} ev/s, p99 {fmt(b['latency_ms']['p99'], ' ms')}, "
         f"{b['upstream_calls']} call(s), BFF {fmt(b['server_cores'], ' cores', 2)}, gaps {b['gaps']}",
         b["events_per_s"] >= 270_000 and b["latency_ms"]["p99"] <= 25 and b["upstream_calls"] == 1)
+for writers in (1, 2):
+    f = load(f"floor-{writers}")
+    if f:
+        loops = "one writing loop" if writers == 1 else f"{writers} writing loops"
+        rows.append(f"| Floor, for comparison: the broadcast load against `examples/floor.rs` ({loops}, one write per event and socket) | — | "
+                    f"{fmt(f['events_per_s'], digits=0)} ev/s, p99 {fmt(f['latency_ms']['p99'], ' ms')}, "
+                    f"{fmt(f['server_cores'], ' cores', 2)} | — |")
 p = load("progress")
 if p:
     per_viewer = p["server_bytes_per_connection"]
