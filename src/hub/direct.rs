@@ -130,7 +130,10 @@ impl Parking {
             self.state.store(PARKED, Ordering::Release);
             return false;
         };
+        // Should the sink panic, the viewer still gets its connection back.
+        let restore = Restore(self);
         let offer = self.sink.offer(fresh);
+        std::mem::forget(restore);
         let terminal = last.kind.is_terminal();
         if offer != Offer::Refused {
             self.cursor.store(last.id, Ordering::Relaxed);
@@ -148,9 +151,10 @@ impl Parking {
         offer != Offer::Refused
     }
 
-    /// The call ended: the viewer's task takes its connection back to end the stream.
+    /// The call ended, or its shard fell behind: the viewer's task takes its connection back.
     pub(super) fn hand_back(&self) {
-        // Only the driver writes, and it is the caller: the state is never `WRITING` here.
+        // No write can reach the viewer here (callers hold its shard, as every write does, or
+        // took it out of its shard): the state is never `WRITING`.
         if self.state.compare_exchange(PARKED, ACTIVE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             self.waker.wake();
         }
@@ -168,5 +172,15 @@ impl Parking {
     /// Whether the driver wrote the terminal event (the viewer's stream then ends without it).
     pub fn wrote_terminal(&self) -> bool {
         self.terminal.load(Ordering::Relaxed)
+    }
+}
+
+/// Hands the connection back if a write unwinds.
+struct Restore<'a>(&'a Parking);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        self.0.state.store(ACTIVE, Ordering::Release);
+        self.0.waker.wake();
     }
 }

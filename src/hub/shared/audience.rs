@@ -49,6 +49,9 @@ struct Shard {
 #[derive(Debug, Default)]
 struct Queue {
     events: Vec<Arc<StreamEvent>>,
+    /// Viewers parked since the shard's task took its last batch; it adds them before the next
+    /// (the driver never waits for a pass to add them itself).
+    joining: Vec<Arc<Parking>>,
     /// A task is writing this shard's events.
     busy: bool,
     /// More events queued than one batch holds: they were dropped, and the viewers are handed
@@ -59,14 +62,15 @@ struct Queue {
 impl Audience {
     /// Adds newly parked viewers and writes `events` to every parked viewer.
     pub(super) fn publish(&self, events: &[Arc<StreamEvent>], incoming: Vec<Arc<Parking>>, metrics: &Arc<Metrics>) {
+        let mut joining: [Vec<Arc<Parking>>; SHARDS] = Default::default();
         for viewer in incoming {
-            let shard = self.next.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            lock(&self.shards[shard].viewers).push(viewer);
+            joining[self.next.fetch_add(1, Ordering::Relaxed) % SHARDS].push(viewer);
         }
-        for shard in &self.shards {
+        for (shard, joining) in self.shards.iter().zip(joining) {
             let mut queue = lock(&shard.queue);
             if queue.busy {
                 // Its task takes these after the batch it is writing.
+                queue.joining.extend(joining);
                 queue.events.extend(events.iter().cloned());
                 if queue.events.len() > MAX_BATCH {
                     queue.events.clear();
@@ -74,7 +78,9 @@ impl Audience {
                 }
                 continue;
             }
-            let viewers = lock(&shard.viewers);
+            // No task is writing this shard: its list is free.
+            let mut viewers = lock(&shard.viewers);
+            viewers.extend(joining);
             if viewers.is_empty() {
                 continue;
             }
@@ -93,8 +99,14 @@ impl Audience {
 
     /// Takes every parked viewer out, for the call's end.
     pub(super) fn take_all(&self) -> Vec<Arc<Parking>> {
-        // Under each shard's lock: no write is under way while viewers are handed back.
-        self.shards.iter().flat_map(|shard| std::mem::take(&mut *lock(&shard.viewers))).collect()
+        // Under each shard's lock, so no write is under way while viewers are handed back: this
+        // may wait for one pass, once per call.
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            all.append(&mut lock(&shard.queue).joining);
+            all.append(&mut lock(&shard.viewers));
+        }
+        all
     }
 
     /// Forgets a viewer that left, unless its shard is being written: that write drops it.
@@ -116,24 +128,29 @@ impl Shard {
                 tokio::time::sleep_until(started + PACE).await;
             }
             pass = Some(Instant::now());
-            let (events, overflowed) = {
+            let (events, joining, overflowed) = {
                 let mut queue = lock(&self.queue);
-                if queue.events.is_empty() && !queue.overflowed {
+                if queue.events.is_empty() && queue.joining.is_empty() && !queue.overflowed {
                     queue.busy = false;
                     return;
                 }
-                (std::mem::take(&mut queue.events), std::mem::take(&mut queue.overflowed))
+                (
+                    std::mem::take(&mut queue.events),
+                    std::mem::take(&mut queue.joining),
+                    std::mem::take(&mut queue.overflowed),
+                )
             };
+            let mut viewers = lock(&self.viewers);
+            viewers.extend(joining);
             if overflowed {
                 tracing::debug!("direct writes fell behind; viewers catch up from the log");
-                let mut viewers = lock(&self.viewers);
                 for viewer in viewers.iter() {
                     viewer.hand_back();
                 }
                 viewers.retain(|viewer| !viewer.is_detached());
                 continue;
             }
-            write(lock(&self.viewers), &events, metrics);
+            write(viewers, &events, metrics);
         }
     }
 }
