@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use axum::body::Body;
+use axum::{body::Body, response::IntoResponse as _};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use http::{Method, Request};
@@ -37,8 +37,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt as _;
 
 pub use self::direct::DirectWrite;
-use self::wire::{ChunkSize, Framing, LAST_CHUNK, Parsed};
-use super::HttpService;
+use self::wire::{Framing, LAST_CHUNK, Parsed};
+use super::{ApiError, HttpService};
 
 /// How long a client may take to send a request head, or keep an idle connection open.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +53,8 @@ const REQUEST_LINE_ALLOWANCE: usize = 8 * 1024;
 pub struct ServerSettings {
     /// A client whose connection accepts no bytes for this long is dropped.
     pub stall_timeout: Duration,
-    /// The most bytes of request headers accepted; longer heads go to hyper, which refuses them.
+    /// The most bytes of request headers accepted (larger ones are answered 431, by the server
+    /// itself when the head is longer than this plus 8 KiB for the request line).
     pub max_header_bytes: usize,
 }
 
@@ -108,6 +109,8 @@ enum Head {
     },
     /// Something for hyper; the bytes read so far are replayed to it.
     Other,
+    /// A head longer than the read limit.
+    TooLarge,
     Closed,
 }
 
@@ -143,8 +146,19 @@ impl Server {
                     let Ok(stream) = Arc::try_unwrap(stream) else { return };
                     let (service, shutdown) = (self.service.clone(), self.shutdown.clone());
                     // Boxed: hyper's connection state is large, and only these connections need it.
-                    let handover = handover::serve(stream, read, service, self.settings.stall_timeout, shutdown);
+                    let bounds = handover::Bounds {
+                        stall_timeout: self.settings.stall_timeout,
+                        head_timeout: HEAD_TIMEOUT,
+                        read_limit: self.read_limit(),
+                    };
+                    let handover = handover::serve(stream, read, service, bounds, shutdown);
                     return Box::pin(handover).await;
+                }
+                Ok(Ok(Head::TooLarge)) => {
+                    if let Err(error) = self.refuse_head(&stream).await {
+                        tracing::debug!(%error, "connection closed while refusing a head");
+                    }
+                    return;
                 }
                 Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return,
             };
@@ -170,7 +184,8 @@ impl Server {
                         return Ok(Head::Request { request, keep_alive });
                     }
                     Parsed::Partial if read.len() < self.read_limit() => {}
-                    Parsed::Partial | Parsed::Other => return Ok(Head::Other),
+                    Parsed::Partial => return Ok(Head::TooLarge),
+                    Parsed::Other => return Ok(Head::Other),
                 }
             }
             stream.readable().await?;
@@ -178,6 +193,33 @@ impl Server {
                 return Ok(Head::Closed);
             }
         }
+    }
+
+    /// Answers a request head longer than the read limit with the problem 431 and closes,
+    /// after reading what the client still sends (closing with unread bytes would reset the
+    /// connection, and the client might never see the answer); at most one read limit more, for
+    /// at most a second.
+    async fn refuse_head(&self, stream: &TcpStream) -> io::Result<()> {
+        tracing::info!(limit = self.read_limit(), "request head too large");
+        let (parts, body) = ApiError::HeadersTooLarge.into_response().into_parts();
+        let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+        let head = wire::response_head(&parts, Framing::Length(body.len() as u64), true);
+        wire::write_all(stream, &mut [IoSlice::new(&head), IoSlice::new(&body)], self.settings.stall_timeout).await?;
+        let drain = async {
+            let (mut discarded, mut scratch) = (0, Vec::new());
+            while discarded < self.read_limit() {
+                stream.readable().await?;
+                match read_available(stream, &mut scratch)? {
+                    Some(0) => break,
+                    Some(n) => discarded += n,
+                    None => {}
+                }
+                scratch.clear();
+            }
+            io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+        Ok(())
     }
 
     /// Runs the service and writes its response; `Ok(true)` when the connection may carry
@@ -207,6 +249,7 @@ impl Server {
             wire::write_all(stream, &mut [IoSlice::new(&head)], stall).await?;
             return Ok(keep_alive);
         }
+        direct.set_framing(framing);
         let written = self.write_body(stream, head, body, framing, read, &direct).await;
         direct.close();
         written?;
@@ -234,7 +277,7 @@ impl Server {
                     if let Some(head) = head.take() {
                         wire::write_all(stream, &mut [IoSlice::new(&head)], stall).await?;
                     }
-                    self.next_frame(stream, &mut body, framing, read, direct).await?
+                    self.next_frame(stream, &mut body, read, direct).await?
                 }
             };
             let head_bytes = head.take().unwrap_or_default();
@@ -247,19 +290,10 @@ impl Server {
                 // Trailers are not sent.
                 Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
             };
-            // An empty chunk would end a chunked body.
-            if framing == Framing::Chunked && !data.is_empty() {
-                let size = ChunkSize::new(data.len());
-                let mut bufs = [
-                    IoSlice::new(&head_bytes),
-                    IoSlice::new(size.as_bytes()),
-                    IoSlice::new(&data),
-                    IoSlice::new(b"\r\n"),
-                ];
-                wire::write_all(stream, &mut bufs, stall).await?;
-            } else {
-                wire::write_all(stream, &mut [IoSlice::new(&head_bytes), IoSlice::new(&data)], stall).await?;
-            }
+            let (size, tail) = wire::frame_around(framing, data.len());
+            let mut bufs =
+                [IoSlice::new(&head_bytes), IoSlice::new(size.as_bytes()), IoSlice::new(&data), IoSlice::new(tail)];
+            wire::write_all(stream, &mut bufs, stall).await?;
         }
     }
 
@@ -272,11 +306,9 @@ impl Server {
         &self,
         stream: &TcpStream,
         body: &mut Body,
-        framing: Framing,
         read: &mut Vec<u8>,
         direct: &DirectWrite,
     ) -> io::Result<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let direct_framing = matches!(framing, Framing::Chunked | Framing::UntilClose);
         loop {
             let step = std::future::poll_fn(|cx| {
                 let held = direct.close();
@@ -286,9 +318,7 @@ impl Server {
                 if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
                     return Poll::Ready(Step::Frame(frame));
                 }
-                if direct_framing {
-                    direct.open(framing == Framing::Chunked);
-                }
+                direct.open();
                 stream.poll_read_ready(cx).map(Step::Readable)
             })
             .await;

@@ -13,7 +13,7 @@ use std::{
 
 use tokio::net::TcpStream;
 
-use super::wire::ChunkSize;
+use super::wire::{self, Framing};
 use crate::hub::{MAX_BATCH, Offer};
 
 /// The most slices of one write: a batch of NDJSON lines (two each) and the chunk framing.
@@ -34,8 +34,9 @@ struct Inner {
 struct State {
     /// The connection's task waits for its body with nothing left to write.
     accepting: bool,
-    /// The body is chunk-framed (else it runs until the connection closes).
-    chunked: bool,
+    /// How the body is delimited; only streamed bodies (chunked, or until the connection
+    /// closes) take direct writes.
+    framing: Option<Framing>,
     /// What a partial write left; the task writes it first.
     held: Vec<u8>,
 }
@@ -57,8 +58,8 @@ impl DirectWrite {
             return Offer::Refused;
         };
         let len: usize = parts.iter().map(|part| part.len()).sum();
-        let size = ChunkSize::new(len);
-        let (head, tail): (&[u8], &[u8]) = if state.chunked { (size.as_bytes(), b"\r\n") } else { (b"", b"") };
+        let (size, tail) = wire::frame_around(state.framing.unwrap_or(Framing::UntilClose), len);
+        let head = size.as_bytes();
         let all = || std::iter::once(head).chain(parts.iter().copied()).chain(std::iter::once(tail));
         let mut slices = [IoSlice::new(&[]); MAX_PARTS];
         let count = slices.iter_mut().zip(all()).map(|(slice, part)| *slice = IoSlice::new(part)).count();
@@ -94,11 +95,16 @@ impl DirectWrite {
         std::mem::take(&mut state.held)
     }
 
-    /// The task has written everything and waits for its body: others may write.
-    pub(super) fn open(&self, chunked: bool) {
+    /// The response's body is delimited so.
+    pub(super) fn set_framing(&self, framing: Framing) {
+        self.lock().framing = Some(framing);
+    }
+
+    /// The task has written everything and waits for its body: others may write, if the body
+    /// is a stream.
+    pub(super) fn open(&self) {
         let mut state = self.lock();
-        state.accepting = true;
-        state.chunked = chunked;
+        state.accepting = matches!(state.framing, Some(Framing::Chunked | Framing::UntilClose));
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

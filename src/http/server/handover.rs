@@ -13,7 +13,7 @@ use axum::body::Body;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
     service::TowerToHyperService,
 };
@@ -27,17 +27,35 @@ use tower::ServiceExt as _;
 
 use crate::http::HttpService;
 
+/// The bounds hyper keeps on a connection it serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// A write blocked this long fails.
+    pub stall_timeout: Duration,
+    /// An HTTP/1 request head (or the wait for the next one) may take this long.
+    pub head_timeout: Duration,
+    /// hyper's HTTP/1 read buffer, and so the longest request head it parses (a longer one is
+    /// answered 431); hyper's own default is about 400 KB.
+    pub read_limit: usize,
+}
+
 /// Serves the rest of the connection with hyper, HTTP/1 or HTTP/2, upgrades included.
 pub async fn serve(
     stream: TcpStream,
     read: Vec<u8>,
     service: HttpService,
-    stall_timeout: Duration,
+    bounds: Bounds,
     shutdown: CancellationToken,
 ) {
-    let io = TokioIo::new(HandedOver { stream, read, replayed: 0, timeout: stall_timeout, stalled: None });
+    let io = TokioIo::new(HandedOver { stream, read, replayed: 0, timeout: bounds.stall_timeout, stalled: None });
     let service = TowerToHyperService::new(service.map_request(|request: Request<Incoming>| request.map(Body::new)));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's head timeout only runs with a timer; its buffer must hold at least 8 KiB.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.head_timeout)
+        .max_buf_size(bounds.read_limit.max(8 * 1024));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -72,8 +90,7 @@ impl HandedOver {
         let timeout = self.timeout;
         let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         ready!(timer.as_mut().poll(cx));
-        tracing::info!(?timeout, "dropping a client that stopped reading");
-        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")))
+        Poll::Ready(Err(super::wire::stalled(timeout)))
     }
 }
 

@@ -84,7 +84,7 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// How a response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
-    /// No body at all (204, 304, or an answer to `HEAD` without a known length).
+    /// No body at all (204, 304).
     Empty,
     /// `content-length`.
     Length(u64),
@@ -147,6 +147,9 @@ pub struct ChunkSize {
 }
 
 impl ChunkSize {
+    /// No size line: the body is not chunked.
+    pub const NONE: Self = Self { bytes: [0; 18], len: 0 };
+
     /// The size line for `len` bytes.
     pub fn new(len: usize) -> Self {
         let mut bytes = [0; 18];
@@ -165,6 +168,21 @@ impl ChunkSize {
     }
 }
 
+/// The failure of a write blocked for `stall`: the client stopped reading.
+pub fn stalled(stall: Duration) -> io::Error {
+    tracing::info!(?stall, "dropping a client that stopped reading");
+    io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")
+}
+
+/// What goes around `len` bytes of body: the chunk size line and CRLF when chunked (nothing
+/// around no bytes: an empty chunk would end the body).
+pub fn frame_around(framing: Framing, len: usize) -> (ChunkSize, &'static [u8]) {
+    match framing {
+        Framing::Chunked if len > 0 => (ChunkSize::new(len), b"\r\n"),
+        _ => (ChunkSize::NONE, b""),
+    }
+}
+
 /// The chunk that ends a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
@@ -172,6 +190,7 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// blocked for `stall` fails: the client stopped reading, and its connection is dropped (its
 /// memory released and its hub subscription detached) instead of waiting for it forever.
 pub async fn write_all(stream: &TcpStream, mut bufs: &mut [IoSlice<'_>], stall: Duration) -> io::Result<()> {
+    // Drops leading empty slices: a write of nothing must succeed, not fail with `WriteZero`.
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
         match stream.try_write_vectored(bufs) {
@@ -181,8 +200,7 @@ pub async fn write_all(stream: &TcpStream, mut bufs: &mut [IoSlice<'_>], stall: 
                 // Boxed: the timer is only needed while blocked, and an open stream's future
                 // should not carry it.
                 if Box::pin(tokio::time::timeout(stall, stream.writable())).await.is_err() {
-                    tracing::info!(?stall, "dropping a client that stopped reading");
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"));
+                    return Err(stalled(stall));
                 }
             }
             Err(error) => return Err(error),
@@ -213,9 +231,14 @@ mod tests {
         ));
         assert!(matches!(parsed("GET / HTTP/1.0\r\n\r\n"), Parsed::Request { keep_alive: false, .. }));
         assert!(matches!(parsed("GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial));
+        assert!(
+            matches!(parsed("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Parsed::Request { .. }),
+            "an empty body is no body"
+        );
         for other in [
             "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "GET / HTTP/1.1\r\nLast-Event-ID: 7\rX: y\r\n\r\n",
