@@ -86,9 +86,8 @@ pub fn feed(
     let until_deadline = until_expiry.map_or(settings.max_lifetime, |left| left.min(settings.max_lifetime));
     async_stream::stream! {
         let _permit = viewer.permit;
-        let mut metrics = viewer.metrics;
         let mut first = true;
-        let mut events = events;
+        let mut counted = Counted { events, metrics: viewer.metrics };
         let deadline = tokio::time::sleep(until_deadline);
         let heartbeat = tokio::time::sleep(settings.heartbeat);
         // A child token of its own: polling it locks only this stream's node, where polling the
@@ -108,25 +107,20 @@ pub fn feed(
             let next = tokio::select! {
                 biased;
                 () = &mut shutdown => Next::Shutdown,
-                item = events.next() => Next::Item(item),
+                item = counted.events.next() => Next::Item(item),
                 () = &mut deadline => Next::Deadline,
                 () = &mut heartbeat => Next::Heartbeat,
             };
-            // Events the hub wrote to the connection itself are counted as they are noticed.
-            let (direct, direct_at) = events.take_written_directly();
-            if direct > 0 {
-                metrics.sent_directly(direct);
-            }
-            if let Some(at) = direct_at {
+            if let Some(at) = counted.count_direct() {
                 last_output = last_output.max(at);
             }
             match next {
                 Next::Item(Some(Ok(event))) => {
                     let terminal = event.kind.is_terminal();
                     if std::mem::take(&mut first) {
-                        metrics.first_event(viewer.started.elapsed());
+                        counted.metrics.first_event(viewer.started.elapsed());
                     }
-                    metrics.event_sent(event.emitted_at);
+                    counted.metrics.event_sent(event.emitted_at);
                     last_output = tokio::time::Instant::now();
                     yield Output::Event(event);
                     if terminal {
@@ -137,8 +131,8 @@ pub fn feed(
                     }
                 }
                 Next::Item(Some(Err(error))) => break Ending::Error(ApiError::Upstream(error)),
-                Next::Item(None) if events.ended_directly() => break Ending::Terminal,
-                Next::Item(None) => break Ending::Error(ApiError::Upstream(UpstreamError::ended_early())),
+                // The hub wrote the terminal event to the connection itself.
+                Next::Item(None) => break Ending::Terminal,
                 Next::Heartbeat => {
                     let due = last_output + settings.heartbeat;
                     if tokio::time::Instant::now() >= due {
@@ -156,6 +150,30 @@ pub fn feed(
         };
         tracing::info!(parent: &span, ending = ending.label(), "stream ended");
         yield Output::End(ending);
+    }
+}
+
+/// A viewer's events with its metrics. Events the hub wrote to the connection itself are counted
+/// whenever the feed runs, and when it is dropped (the client left).
+struct Counted {
+    events: ViewerStream,
+    metrics: OpenStream,
+}
+
+impl Counted {
+    /// Counts the events the hub wrote since the last call; returns when it last wrote.
+    fn count_direct(&mut self) -> Option<tokio::time::Instant> {
+        let (written, at) = self.events.take_written_directly();
+        if written > 0 {
+            self.metrics.sent_directly(written);
+        }
+        at
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.count_direct();
     }
 }
 

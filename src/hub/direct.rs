@@ -11,7 +11,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    atomic::{AtomicU8, AtomicU64, Ordering},
 };
 
 use futures_util::task::AtomicWaker;
@@ -60,8 +60,6 @@ pub struct Parking {
     /// When the driver last wrote, in milliseconds after `since`, plus one (0: never).
     last_write: AtomicU64,
     since: Instant,
-    /// The driver wrote the terminal event.
-    terminal: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -74,7 +72,6 @@ impl Parking {
             written: AtomicU64::new(0),
             last_write: AtomicU64::new(0),
             since: Instant::now(),
-            terminal: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }
@@ -140,7 +137,6 @@ impl Parking {
             self.written.fetch_add(fresh.len() as u64, Ordering::Relaxed);
             let millis = u64::try_from(now.saturating_duration_since(self.since).as_millis()).unwrap_or(u64::MAX);
             self.last_write.store(millis.saturating_add(1), Ordering::Relaxed);
-            self.terminal.store(terminal, Ordering::Relaxed);
         }
         if offer == Offer::Written && !terminal {
             self.state.store(PARKED, Ordering::Release);
@@ -168,11 +164,6 @@ impl Parking {
         };
         (self.written.swap(0, Ordering::Relaxed), last)
     }
-
-    /// Whether the driver wrote the terminal event (the viewer's stream then ends without it).
-    pub fn wrote_terminal(&self) -> bool {
-        self.terminal.load(Ordering::Relaxed)
-    }
 }
 
 /// Hands the connection back if a write unwinds.
@@ -182,5 +173,100 @@ impl Drop for Restore<'_> {
     fn drop(&mut self) {
         self.0.state.store(ACTIVE, Ordering::Release);
         self.0.waker.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures_util::FutureExt as _;
+
+    use super::*;
+    use crate::event::EventKind;
+
+    /// Records the ids it is offered and answers `offer`.
+    #[derive(Debug)]
+    struct Recorder {
+        offer: Offer,
+        offered: Mutex<Vec<u64>>,
+    }
+
+    fn viewer_with(offer: Offer) -> (Arc<Recorder>, Parking) {
+        let recorder = Arc::new(Recorder { offer, offered: Mutex::default() });
+        let parking = Parking::new(Arc::clone(&recorder) as Arc<dyn Sink>);
+        (recorder, parking)
+    }
+
+    impl Recorder {
+        fn offered(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+            self.offered.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+    }
+
+    impl Sink for Recorder {
+        fn offer(&self, events: &[Arc<StreamEvent>]) -> Offer {
+            self.offered().extend(events.iter().map(|e| e.id));
+            self.offer
+        }
+    }
+
+    fn events(ids: std::ops::RangeInclusive<u64>, last: EventKind) -> Vec<Arc<StreamEvent>> {
+        let end = *ids.end();
+        ids.map(|id| Arc::new(StreamEvent::new(id, if id == end { last } else { EventKind::Progress }, b"{}", None)))
+            .collect()
+    }
+
+    #[test]
+    fn a_parked_viewer_gets_only_what_it_lacks_and_stays_parked() {
+        let (recorder, parking) = viewer_with(Offer::Written);
+        parking.park(5);
+        assert!(parking.deliver(&events(4..=7, EventKind::Progress), Instant::now()));
+        assert_eq!(*recorder.offered(), [6, 7], "events up to the cursor are not written again");
+        assert_eq!(parking.take_written().0, 2);
+        assert!(parking.woken().now_or_never().is_none(), "still parked");
+        assert!(!parking.deliver(&events(6..=7, EventKind::Progress), Instant::now()), "nothing new");
+        assert_eq!(recorder.offered().len(), 2);
+    }
+
+    #[test]
+    fn a_viewer_that_is_not_parked_is_never_written() {
+        let (recorder, parking) = viewer_with(Offer::Written);
+        assert!(!parking.deliver(&events(1..=2, EventKind::Progress), Instant::now()));
+        parking.park(0);
+        parking.detach();
+        assert!(!parking.deliver(&events(1..=2, EventKind::Progress), Instant::now()));
+        assert!(recorder.offered().is_empty());
+        assert!(parking.is_detached());
+    }
+
+    #[test]
+    fn a_partial_write_hands_the_connection_back_after_the_events_it_took() {
+        let (_, parking) = viewer_with(Offer::Held);
+        parking.park(1);
+        assert!(parking.deliver(&events(2..=3, EventKind::Progress), Instant::now()));
+        assert_eq!(parking.woken().now_or_never(), Some(3), "the sink holds the rest of 2 and 3");
+    }
+
+    #[test]
+    fn a_refused_write_hands_the_connection_back_where_it_was() {
+        let (_, parking) = viewer_with(Offer::Refused);
+        parking.park(1);
+        assert!(!parking.deliver(&events(2..=3, EventKind::Progress), Instant::now()));
+        assert_eq!(parking.woken().now_or_never(), Some(1), "the viewer catches up from 1");
+        assert_eq!(parking.take_written().0, 0);
+    }
+
+    #[test]
+    fn the_terminal_event_hands_the_connection_back_and_the_end_wakes_the_parked() {
+        let (_, parking) = viewer_with(Offer::Written);
+        parking.park(1);
+        assert!(parking.deliver(&events(2..=3, EventKind::Completed), Instant::now()));
+        assert_eq!(parking.woken().now_or_never(), Some(3));
+
+        let (_, parked) = viewer_with(Offer::Written);
+        parked.park(4);
+        parked.hand_back();
+        assert_eq!(parked.woken().now_or_never(), Some(4));
     }
 }

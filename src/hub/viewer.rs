@@ -27,7 +27,9 @@ use crate::{event::StreamEvent, upstream::UpstreamError};
 /// What a viewer receives: events, or the error that ended the upstream call.
 type Delivery = Result<Arc<StreamEvent>, UpstreamError>;
 
-/// A viewer's events. Dropping it detaches the viewer.
+/// A viewer's events. It ends after the terminal event, or an error; when it ends without
+/// either, the hub wrote the terminal event to the connection itself. Dropping it detaches the
+/// viewer.
 pub struct ViewerStream {
     events: Pin<Box<dyn Stream<Item = Delivery> + Send>>,
     parking: Option<Arc<Parking>>,
@@ -52,11 +54,6 @@ impl ViewerStream {
     /// through this stream), and when it last did.
     pub fn take_written_directly(&self) -> (u64, Option<Instant>) {
         self.parking.as_ref().map_or((0, None), |parking| parking.take_written())
-    }
-
-    /// Whether the hub wrote the terminal event itself: the stream then ends without yielding it.
-    pub fn ended_directly(&self) -> bool {
-        self.parking.as_ref().is_some_and(|parking| parking.wrote_terminal())
     }
 }
 
@@ -94,18 +91,19 @@ pub(super) fn shared(
                     return;
                 }
             }
-            let step = match live.as_mut() {
-                None => Step::Received(Err(RecvError::Closed)),
-                Some(receiver) => match receiver.try_recv() {
+            // Only a viewer that may park looks before it waits: each look locks the channel.
+            let parking = guard.parking.as_ref().filter(|_| yielded);
+            let step = match (live.as_mut(), parking) {
+                (None, _) => Step::Received(Err(RecvError::Closed)),
+                (Some(receiver), None) => Step::Received(receiver.recv().await),
+                (Some(receiver), Some(parking)) => match receiver.try_recv() {
                     Ok(event) => Step::Received(Ok(event)),
                     Err(TryRecvError::Lagged(skipped)) => Step::Received(Err(RecvError::Lagged(skipped))),
                     Err(TryRecvError::Closed) => Step::Received(Err(RecvError::Closed)),
-                    Err(TryRecvError::Empty) => match guard.parking.as_ref() {
-                        Some(parking) if yielded && shared.park(parking, cursor, &mut listed) => {
-                            Step::Parked(Arc::clone(parking))
-                        }
-                        _ => Step::Received(receiver.recv().await),
-                    },
+                    Err(TryRecvError::Empty) if shared.park(parking, cursor, &mut listed) => {
+                        Step::Parked(Arc::clone(parking))
+                    }
+                    Err(TryRecvError::Empty) => Step::Received(receiver.recv().await),
                 },
             };
             let received = match step {
@@ -132,6 +130,7 @@ pub(super) fn shared(
                 Err(RecvError::Closed) => {
                     match shared.ending() {
                         (Some(End::Terminal), Some(last)) if last.id > cursor => yield Ok(last),
+                        // The driver wrote the terminal event to the connection itself.
                         (Some(End::Terminal), _) => {}
                         (Some(End::Failed(error)), _) => yield Err(error),
                         (Some(End::Cancelled) | None, _) => yield Err(UpstreamError::ended_early()),

@@ -21,7 +21,8 @@ use crate::{
     metrics::Metrics,
 };
 
-/// Shards of a large audience: one per worker thread of the machine this was measured on.
+/// Shards of a large audience, each written by a task of its own: two, the cores of the machine
+/// the benchmark runs on (`docs/PERFORMANCE.md`); more shards than worker threads only queue.
 const SHARDS: usize = 2;
 /// A shard of at most this many viewers is written by the driver itself, at once.
 const INLINE: usize = 128;
@@ -29,8 +30,7 @@ const INLINE: usize = 128;
 /// faster share one write per viewer: on loopback each write costs several microseconds of
 /// kernel time, which a broadcast pays per viewer. The first event after a pause goes out at
 /// once.
-const PACE: std::time::Duration = std::time::Duration::from_millis(PACE_MS);
-const PACE_MS: u64 = 16;
+const PACE: std::time::Duration = std::time::Duration::from_millis(16);
 
 /// The parked viewers of one shared call.
 #[derive(Debug, Default)]
@@ -99,12 +99,14 @@ impl Audience {
 
     /// Takes every parked viewer out, for the call's end.
     pub(super) fn take_all(&self) -> Vec<Arc<Parking>> {
-        // Under each shard's lock, so no write is under way while viewers are handed back: this
-        // may wait for one pass, once per call.
+        // Each shard's queue and list are taken under both locks, so no viewer is between the
+        // two, and no write is under way once they are out: this may wait for one pass, once per
+        // call.
         let mut all = Vec::new();
         for shard in &self.shards {
-            all.append(&mut lock(&shard.queue).joining);
+            let mut queue = lock(&shard.queue);
             all.append(&mut lock(&shard.viewers));
+            all.append(&mut queue.joining);
         }
         all
     }
@@ -128,20 +130,17 @@ impl Shard {
                 tokio::time::sleep_until(started + PACE).await;
             }
             pass = Some(Instant::now());
-            let (events, joining, overflowed) = {
-                let mut queue = lock(&self.queue);
-                if queue.events.is_empty() && queue.joining.is_empty() && !queue.overflowed {
-                    queue.busy = false;
-                    return;
-                }
-                (
-                    std::mem::take(&mut queue.events),
-                    std::mem::take(&mut queue.joining),
-                    std::mem::take(&mut queue.overflowed),
-                )
-            };
+            let mut queue = lock(&self.queue);
+            if queue.events.is_empty() && queue.joining.is_empty() && !queue.overflowed {
+                queue.busy = false;
+                return;
+            }
+            // The list is locked before the queue is let go (the order `publish` and `take_all`
+            // use too), so joining viewers are never between the two when the call ends.
             let mut viewers = lock(&self.viewers);
-            viewers.extend(joining);
+            viewers.append(&mut queue.joining);
+            let (events, overflowed) = (std::mem::take(&mut queue.events), std::mem::take(&mut queue.overflowed));
+            drop(queue);
             if overflowed {
                 tracing::debug!("direct writes fell behind; viewers catch up from the log");
                 for viewer in viewers.iter() {
