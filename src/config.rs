@@ -85,16 +85,16 @@ pub struct ServeConfig {
     #[arg(long, env = "SSE_BFF_MAX_STREAM_LIFETIME", default_value = "1h", value_parser = parse_duration)]
     pub max_stream_lifetime: Duration,
     /// Open streams allowed in total (429 beyond).
-    #[arg(long, env = "SSE_BFF_MAX_STREAMS", default_value_t = 10_000)]
+    #[arg(long, env = "SSE_BFF_MAX_STREAMS", default_value_t = 10_000, value_parser = count(10_000_000))]
     pub max_streams: usize,
     /// Open streams allowed per user (429 beyond).
-    #[arg(long, env = "SSE_BFF_MAX_STREAMS_PER_USER", default_value_t = 32)]
+    #[arg(long, env = "SSE_BFF_MAX_STREAMS_PER_USER", default_value_t = 32, value_parser = count(10_000_000))]
     pub max_streams_per_user: usize,
     /// Browser origin allowed to open streams with credentials (repeatable); `*` is refused.
     #[arg(long = "cors-origin", env = "SSE_BFF_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<HeaderValue>,
     /// The most bytes of request headers accepted (431 beyond).
-    #[arg(long, env = "SSE_BFF_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    #[arg(long, env = "SSE_BFF_MAX_HEADER_BYTES", default_value_t = 32 * 1024, value_parser = count(1024 * 1024))]
     pub max_header_bytes: usize,
     /// Who shares one upstream call: the same user only, or everyone of the tenant.
     #[arg(long, env = "SSE_BFF_SHARE_SCOPE", default_value = "user")]
@@ -108,17 +108,17 @@ pub struct ServeConfig {
     /// Events kept per shared call for resuming viewers. A resume point older than the log is
     /// still served without loss, by an upstream call of its own that resumes there: the log
     /// only saves those calls, and it is most of the memory of a watched document.
-    #[arg(long, env = "SSE_BFF_REPLAY_LOG", default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    #[arg(long, env = "SSE_BFF_REPLAY_LOG", default_value_t = 8, value_parser = count(100_000))]
     pub replay_log: usize,
     /// Events a viewer may fall behind before it skips to the latest update.
-    #[arg(long, env = "SSE_BFF_VIEWER_LAG", default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    #[arg(long, env = "SSE_BFF_VIEWER_LAG", default_value_t = 16, value_parser = count(100_000))]
     pub viewer_lag: usize,
     /// Concurrent calls per upstream HTTP/2 connection before another connection is opened
     /// (servers commonly allow 100 to 200 and queue the rest).
-    #[arg(long, env = "SSE_BFF_UPSTREAM_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    #[arg(long, env = "SSE_BFF_UPSTREAM_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = count(10_000))]
     pub upstream_streams_per_connection: usize,
     /// The most upstream connections (over all endpoints).
-    #[arg(long, env = "SSE_BFF_UPSTREAM_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    #[arg(long, env = "SSE_BFF_UPSTREAM_MAX_CONNECTIONS", default_value_t = 256, value_parser = count(10_000))]
     pub upstream_max_connections: usize,
     /// The gRPC deadline of each upstream call; a call that reaches it after delivering
     /// updates is resumed, one that delivered nothing answers 504.
@@ -170,6 +170,11 @@ impl ServeConfig {
         config.upstreams = vec![upstream.into()];
         *config
     }
+}
+
+/// A count from one to `max`: zero would refuse everything, or configure nothing.
+fn count(max: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=max)
 }
 
 /// Parses a positive human-friendly duration such as `15s`, `500ms` or `2m`.

@@ -21,7 +21,7 @@ pub struct DemoConfig {
     #[arg(long, env = "SSE_BFF_SIM_LISTEN", default_value = "127.0.0.1:50051")]
     pub sim_listen: SocketAddr,
     /// Time factor of the simulated jobs.
-    #[arg(long, env = "SSE_BFF_SIM_SPEED", default_value_t = 1.0)]
+    #[arg(long, env = "SSE_BFF_SIM_SPEED", default_value_t = 1.0, value_parser = crate::sim::parse_speed)]
     pub speed: f64,
 }
 

@@ -82,3 +82,20 @@ fn data_start(id: u64, kind: EventKind) -> usize {
     let digits = id.checked_ilog10().map_or(1, |log| log as usize + 1);
     "id: \nevent: \ndata: ".len() + digits + kind.name().len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_from_the_upstream_carry_static_names_and_numeric_ids() {
+        let update = StreamEvent::new(7, EventKind::Failed, br#"{"message":"a\nb"}"#, None);
+        assert_eq!(&update.sse[..], b"id: 7\nevent: failed\ndata: {\"message\":\"a\\nb\"}\n\n");
+        assert_eq!(&update.data[..], br#"{"message":"a\nb"}"#, "the data is the frame's own bytes");
+        assert_eq!(&update.line()[..], b"{\"message\":\"a\\nb\"}\n", "the NDJSON line too");
+        // Data with a raw line break spans two `data:` lines, so it is kept apart from the frame.
+        let split = StreamEvent::new(12, EventKind::Progress, b"a\nb", None);
+        assert_eq!(&split.sse[..], b"id: 12\nevent: progress\ndata: a\ndata: b\n\n");
+        assert_eq!((&split.data[..], &split.line()[..]), (&b"a\nb"[..], &b"a\nb\n"[..]));
+    }
+}

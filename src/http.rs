@@ -31,7 +31,6 @@ use tower_http::{
 pub use error::ApiError;
 
 pub use limits::StreamLimits;
-pub use resource::{last_event_id, valid_document_id};
 pub use server::{ServerSettings, serve};
 pub use stream::StreamSettings;
 

@@ -78,7 +78,8 @@ impl SimConfig {
     }
 }
 
-fn parse_speed(value: &str) -> Result<f64, String> {
+/// A positive, finite time factor.
+pub fn parse_speed(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(speed) if speed.is_finite() && speed > 0.0 => Ok(speed),
         _ => Err(format!("expected a positive number such as 1 or 2.5, got {value:?}")),

@@ -71,7 +71,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::event::StreamEvent;
 
     fn strip(s: &str) -> String {
         s.chars().filter(|c| !matches!(c, '\r' | '\n' | '\0')).collect()
@@ -85,7 +84,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_frame_decodes_to_exactly_the_event_that_was_encoded(
-            id in ".*", name in ".*", data in ".*", cut in 0usize..512,
+            id in "(?s).*", name in "(?s).*", data in "(?s).*", cut in 0usize..512,
         ) {
             let encoded = frame(Some(&id), &name, data.as_bytes());
             // Fed in two arbitrary pieces, as the network may deliver it.
@@ -106,42 +105,5 @@ mod tests {
             let mut decoder = Decoder::new();
             let _ = decoder.feed(&bytes);
         }
-
-        #[test]
-        fn last_event_id_accepts_exactly_decimal_u64s(value in "\\PC{0,24}|[0-9]{1,22}") {
-            let mut headers = axum::http::HeaderMap::new();
-            if let Ok(header) = axum::http::HeaderValue::from_str(&value) {
-                headers.insert("last-event-id", header);
-                let parsed = crate::http::last_event_id(&headers, None);
-                let expected = if value.is_empty() {
-                    Some(None)
-                } else if value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit()) {
-                    value.parse::<u64>().ok().map(Some)
-                } else {
-                    None
-                };
-                prop_assert_eq!(parsed.ok(), expected);
-            }
-        }
-
-        #[test]
-        fn document_ids_outside_the_alphabet_are_never_valid(id in "\\PC{0,140}") {
-            let valid = crate::http::valid_document_id(&id);
-            let expected = (1..=128).contains(&id.len())
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-            prop_assert_eq!(valid, expected);
-        }
-    }
-
-    #[test]
-    fn events_from_the_upstream_carry_static_names_and_numeric_ids() {
-        let update = StreamEvent::new(7, crate::event::EventKind::Failed, br#"{"message":"a\nb"}"#, None);
-        assert_eq!(&update.sse[..], b"id: 7\nevent: failed\ndata: {\"message\":\"a\\nb\"}\n\n");
-        assert_eq!(&update.data[..], br#"{"message":"a\nb"}"#, "the data is the frame's own bytes");
-        assert_eq!(&update.line()[..], b"{\"message\":\"a\\nb\"}\n", "the NDJSON line too");
-        // Data with a raw line break spans two `data:` lines, so it is kept apart from the frame.
-        let split = StreamEvent::new(12, crate::event::EventKind::Progress, b"a\nb", None);
-        assert_eq!(&split.sse[..], b"id: 12\nevent: progress\ndata: a\ndata: b\n\n");
-        assert_eq!((&split.data[..], &split.line()[..]), (&b"a\nb"[..], &b"a\nb\n"[..]));
     }
 }

@@ -43,7 +43,7 @@ pub enum ApiError {
     #[error("no such resource")]
     NoRoute,
     /// The client accepts none of the representations offered.
-    #[error("this resource is available as text/event-stream")]
+    #[error("this resource is available as text/event-stream, application/x-ndjson or application/json")]
     NotAcceptable,
     /// The upstream failed.
     #[error("{}", .0.message)]

@@ -78,7 +78,11 @@ pub async fn stream(
         Some(Representation::LongPoll) => query_number(query, "after").map_err(|()| ApiError::InvalidLastEventId)?,
         _ => last_event_id(&headers, Some(query))?,
     };
-    let wait = query_number(query, "wait").map_err(|()| ApiError::InvalidWait)?;
+    // `wait` only means something to a long-poll; other representations ignore it.
+    let wait = match representation {
+        Some(Representation::LongPoll) => query_number(query, "wait").map_err(|()| ApiError::InvalidWait)?,
+        _ => None,
+    };
     let wait = Duration::from_secs(wait.unwrap_or(POLL_WAIT.0).min(POLL_WAIT.1));
     if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
@@ -207,5 +211,39 @@ fn valid_traceparent(value: &str) -> bool {
                 && hex(flags, 2)
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn last_event_id_accepts_exactly_decimal_u64s(value in "\\PC{0,24}|[0-9]{1,22}") {
+            let mut headers = axum::http::HeaderMap::new();
+            if let Ok(header) = axum::http::HeaderValue::from_str(&value) {
+                headers.insert("last-event-id", header);
+                let parsed = last_event_id(&headers, None);
+                let expected = if value.is_empty() {
+                    Some(None)
+                } else if value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit()) {
+                    value.parse::<u64>().ok().map(Some)
+                } else {
+                    None
+                };
+                prop_assert_eq!(parsed.ok(), expected);
+            }
+        }
+
+        #[test]
+        fn document_ids_outside_the_alphabet_are_never_valid(id in "[A-Za-z0-9._-]{0,130}|\\PC{0,140}") {
+            let valid = valid_document_id(&id);
+            let expected = (1..=128).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            prop_assert_eq!(valid, expected);
+        }
     }
 }
