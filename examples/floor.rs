@@ -12,10 +12,11 @@ use std::{
     io,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use clap::Parser;
+use sse_bff::upstream::rfc3339_nanos;
 use tokio::{
     io::AsyncReadExt as _,
     net::{TcpListener, TcpStream},
@@ -79,35 +80,12 @@ async fn main() -> io::Result<()> {
     Ok(())
 }
 
-/// One chunk-framed SSE event shaped like the service's progress events.
+/// One chunk-framed SSE event with the fields of the service's progress events.
 fn chunk(id: u64) -> Vec<u8> {
     let data = format!(
-        r#"{{"documentId":"bench-0","sequence":"{id}","state":"STATE_RUNNING","percent":50,"emittedAt":"{}"}}"#,
-        rfc3339(SystemTime::now())
+        r#"{{"documentId":"bench-0","sequence":{id},"status":"running","percent":50,"stage":"steady","message":"update {id}","emittedAt":"{}"}}"#,
+        rfc3339_nanos(SystemTime::now().into())
     );
     let frame = format!("id: {id}\nevent: progress\ndata: {data}\n\n");
     format!("{:x}\r\n{frame}\r\n", frame.len()).into_bytes()
-}
-
-/// `2026-11-23T10:00:00.123456789Z`.
-fn rfc3339(at: SystemTime) -> String {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (days, secs) = ((since.as_secs() / 86_400) as i64, since.as_secs() % 86_400);
-    // Civil date from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        since.subsec_nanos()
-    )
 }

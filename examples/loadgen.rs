@@ -12,7 +12,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use clap::Parser;
@@ -315,23 +315,13 @@ fn scan_events(buf: &mut Vec<u8>, each: &mut impl FnMut(Option<u64>, Option<Syst
     buf.drain(..start);
 }
 
-/// `"emittedAt":"2026-11-23T10:00:00.123456789Z"` parsed without allocating.
+/// The `"emittedAt":"2026-11-23T10:00:00.123456789Z"` of an event's data.
 fn emitted_at(json: &[u8]) -> Option<SystemTime> {
     const KEY: &[u8] = b"\"emittedAt\":\"";
     let at = memchr::memmem::find(json, KEY)? + KEY.len();
-    let ts = json.get(at..at + 30)?;
-    let num = |r: std::ops::Range<usize>| -> Option<u64> { std::str::from_utf8(&ts[r]).ok()?.parse().ok() };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second, nanos) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..29)?);
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
-    UNIX_EPOCH.checked_add(Duration::new(secs, u32::try_from(nanos).ok()?))
+    let len = memchr::memchr(b'"', json.get(at..)?)?;
+    let text = std::str::from_utf8(json.get(at..at + len)?).ok()?;
+    SystemTime::try_from(text.parse::<prost_types::Timestamp>().ok()?).ok()
 }
 
 /// A process's RSS and CPU time from /proc.

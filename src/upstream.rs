@@ -13,7 +13,7 @@ use futures_util::{Stream, future::BoxFuture};
 use tonic::Code;
 
 pub use channel::{ChannelError, UpstreamChannel, UpstreamPool};
-pub use docproc::DocumentProgress;
+pub use docproc::{DocumentProgress, rfc3339_nanos};
 
 use crate::event::StreamEvent;
 

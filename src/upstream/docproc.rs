@@ -145,7 +145,7 @@ fn map_update(update: ProcessingUpdate) -> Result<StreamEvent, UpstreamError> {
     if update.sequence == 0 {
         return Err(UpstreamError::new(Code::Internal, "upstream sent an update with sequence 0"));
     }
-    let emitted_at = update.emitted_at.as_ref().and_then(timestamp_to_system_time);
+    let emitted_at = update.emitted_at.and_then(|at| SystemTime::try_from(at).ok());
     let data = ProgressData {
         document_id: &update.document_id,
         sequence: update.sequence,
@@ -164,17 +164,11 @@ fn map_update(update: ProcessingUpdate) -> Result<StreamEvent, UpstreamError> {
 
 /// RFC 3339 in UTC with all nine fractional digits, so clients never lose precision and every
 /// value has the same shape.
-fn rfc3339_nanos(mut ts: prost_types::Timestamp) -> String {
+pub fn rfc3339_nanos(mut ts: prost_types::Timestamp) -> String {
     ts.normalize();
     let nanos = ts.nanos;
     ts.nanos = 0;
     let whole = ts.to_string();
     let seconds = whole.strip_suffix('Z').unwrap_or(&whole);
     format!("{seconds}.{nanos:09}Z")
-}
-
-fn timestamp_to_system_time(ts: &prost_types::Timestamp) -> Option<SystemTime> {
-    let secs = u64::try_from(ts.seconds).ok()?;
-    let nanos = u32::try_from(ts.nanos).ok().filter(|n| *n < 1_000_000_000)?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
