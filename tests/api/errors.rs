@@ -27,30 +27,29 @@ async fn malformed_document_ids_are_rejected_without_calling_the_upstream() {
 async fn upstream_errors_before_the_first_event_map_to_http_statuses() {
     let app = TestApp::spawn().await;
     let cases = [
-        ("reject-permission-denied", 403, "permission_denied", 7),
-        ("reject-not-found", 404, "not_found", 5),
-        ("reject-invalid-argument", 400, "invalid_argument", 3),
-        ("reject-failed-precondition", 400, "failed_precondition", 9),
-        ("reject-unavailable", 503, "unavailable", 14),
-        ("reject-deadline-exceeded", 504, "deadline_exceeded", 4),
-        ("reject-resource-exhausted", 429, "resource_exhausted", 8),
-        ("reject-unimplemented", 501, "unimplemented", 12),
-        ("reject-internal", 500, "internal", 13),
-        ("reject-unknown", 500, "unknown", 2),
-        ("reject-data-loss", 500, "data_loss", 15),
+        ("reject-permission-denied", 403, "permission_denied", 7, false),
+        ("reject-not-found", 404, "not_found", 5, false),
+        ("reject-invalid-argument", 400, "invalid_argument", 3, false),
+        ("reject-failed-precondition", 400, "failed_precondition", 9, false),
+        ("reject-unavailable", 503, "unavailable", 14, true),
+        ("reject-deadline-exceeded", 504, "deadline_exceeded", 4, true),
+        ("reject-resource-exhausted", 429, "resource_exhausted", 8, true),
+        ("reject-unimplemented", 501, "unimplemented", 12, false),
+        ("reject-internal", 500, "internal", 13, false),
+        ("reject-unknown", 500, "unknown", 2, false),
+        ("reject-data-loss", 500, "data_loss", 15, false),
         // An authenticated caller cannot tell an unknown id from another tenant's document.
-        ("no-such-document", 403, "permission_denied", 7),
+        ("no-such-document", 403, "permission_denied", 7, false),
     ];
-    for (id, status, code, grpc) in cases {
+    // (document, status, code, gRPC code, retryable)
+    for (id, status, code, grpc, retryable) in cases {
         let response = app.open_progress(id).await;
         let retry_after = response.headers().get("retry-after").cloned();
         let body = problem(response, status).await;
         assert_eq!(body["code"], code, "{id}");
         assert_eq!(body["grpcStatus"], grpc, "{id}");
-        if matches!(status, 429 | 503) {
-            assert!(retry_after.is_some(), "{id}: Retry-After on {status}");
-            assert_eq!(body["retryable"], true, "{id}");
-        }
+        assert_eq!(body["retryable"], retryable, "{id}");
+        assert_eq!(retry_after.is_some(), matches!(status, 429 | 503), "{id}: Retry-After only on 429 and 503");
     }
     let body = problem(app.open_progress("reject-permission-denied").await, 403).await;
     assert_eq!(body["detail"], "scripted permission_denied");

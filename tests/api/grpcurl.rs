@@ -1,5 +1,5 @@
 //! The simulator through grpcurl, using only server reflection (no proto files). Runs the binary
-//! named by `GRPCURL` or found on PATH; `.ci/run` installs it.
+//! named by `GRPCURL` or found on PATH; `scripts/test-deps` installs it.
 
 use std::process::Command;
 
@@ -10,7 +10,7 @@ fn grpcurl(args: &[&str]) -> String {
     let output = Command::new(&program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (install it as .ci/run does): {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {program} (install it as scripts/test-deps does): {e}"));
     assert!(output.status.success(), "grpcurl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

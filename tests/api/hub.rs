@@ -59,9 +59,8 @@ async fn a_reconnect_with_last_event_id_loses_and_repeats_nothing() {
     let mut first = SseReader::new(app.open_progress_with("doc-2", &resume_from(&app, 0)).await);
     let mut received = Vec::new();
     while received.len() < 4 {
-        if let Some(Frame::Event { id, .. }) = first.next_event().await {
-            received.push(id.unwrap().parse::<u64>().unwrap());
-        }
+        let Some(Frame::Event { id, .. }) = first.next_event().await else { panic!("stream ended early") };
+        received.push(id.unwrap().parse::<u64>().unwrap());
     }
     drop(first);
     let last = *received.last().unwrap();
@@ -78,9 +77,8 @@ async fn an_upstream_restart_is_invisible_to_the_viewer() {
     let mut reader = SseReader::new(app.open_progress_with("slow", &resume_from(&app, 0)).await);
     let mut received = Vec::new();
     while received.len() < 3 {
-        if let Some(Frame::Event { id, .. }) = reader.next_event().await {
-            received.push(id.unwrap().parse::<u64>().unwrap());
-        }
+        let Some(Frame::Event { id, .. }) = reader.next_event().await else { panic!("stream ended early") };
+        received.push(id.unwrap().parse::<u64>().unwrap());
     }
     sim.kill().await;
     tokio::time::sleep(Duration::from_millis(300)).await;

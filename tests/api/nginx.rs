@@ -1,5 +1,5 @@
 //! The deployed topology, natively: the simulator, two BFF replicas and Debian's nginx with the
-//! shipped `deploy/nginx/default.conf.template`, all on loopback. `.ci/run` installs nginx.
+//! shipped `deploy/nginx/default.conf.template`, all on loopback. `scripts/test-deps` installs nginx.
 
 use std::{
     path::PathBuf,
@@ -38,7 +38,7 @@ impl Drop for TempDir {
 
 async fn nginx(replicas: [&TestApp; 2], read_timeout: &str) -> Nginx {
     let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists());
-    let binary = binary.expect("nginx is installed (apt-get install nginx-light, as .ci/run does)");
+    let binary = binary.expect("nginx is installed (apt-get install nginx-light, as scripts/test-deps does)");
     let addr = free_addr();
     let dir = std::env::temp_dir().join(format!("sse-bff-nginx-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -43,6 +43,13 @@ fn unsigned(header: &Value, claims: &Value) -> String {
     format!("{}.{}.", part(header), part(claims))
 }
 
+/// `token` with its claims replaced and its header and signature kept.
+fn with_claims(token: &str, claims: &Value) -> String {
+    let mut parts = token.split('.');
+    let (header, _, signature) = (parts.next().unwrap(), parts.next(), parts.next().unwrap());
+    format!("{header}.{}.{signature}", URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap()))
+}
+
 /// Asserts the uniform 401 (same body, `WWW-Authenticate`) and that nothing reached the upstream.
 async fn assert_rejected(app: &TestApp, response: reqwest::Response) {
     assert_eq!(response.headers()["www-authenticate"], r#"Bearer error="invalid_token""#);
@@ -300,7 +307,9 @@ async fn a_token_expiring_mid_stream_ends_the_stream_by_exp() {
     let frames = SseReader::new(app.open_progress_as("slow", &short).await).read_to_end().await;
     let ended = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
     assert!(ended <= exp as f64 + 0.5, "ended {:.2}s after exp", ended - exp as f64);
+    assert!(ended >= exp as f64 - 0.1, "not before exp: ended {:.2}s early", exp as f64 - ended);
     let events = events(&frames);
+    assert!(events.len() >= 2, "updates flowed until the token ran out: {events:?}");
     let (_, name, data) = events.last().unwrap();
     assert_eq!(name, "error");
     assert_eq!(data["code"], "token_expired");
@@ -318,7 +327,8 @@ async fn the_maximum_stream_lifetime_applies_to_long_lived_tokens() {
         TestApp::builder().speed(1.0).configure(|c| c.max_stream_lifetime = Duration::from_millis(700)).spawn().await;
     let started = Instant::now();
     let frames = app.transcript("slow").await;
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let lasted = started.elapsed();
+    assert!((Duration::from_millis(700)..Duration::from_secs(3)).contains(&lasted), "lasted {lasted:?}");
     assert_eq!(frames.last(), Some(&Frame::Retry(3000)), "ends with a reconnect hint: {frames:?}");
     let retries = frames.iter().filter(|f| matches!(f, Frame::Retry(_))).count();
     assert_eq!(retries, 2, "the opening hint and the closing one: {frames:?}");
@@ -403,7 +413,10 @@ async fn asymmetric_keys_verify_through_pem_and_jwks() {
         (Algorithm::EdDSA, "keys/ed25519-private.pem", "keys/ed25519-public.pem"),
     ] {
         let app = TestApp::builder().public_key(fixture(public)).spawn().await;
-        accept_token(&app, &with_private_key(alg, private, None, &claims("alice"))).await;
+        let valid = with_private_key(alg, private, None, &claims("alice"));
+        // The same signature over other claims: the signature is checked, not just the shape.
+        reject_token(&app, &with_claims(&valid, &claims("mallory"))).await;
+        accept_token(&app, &valid).await;
     }
     let app = TestApp::builder().jwks(fixture("keys/jwks.json")).spawn().await;
     for (alg, private, kid) in [
@@ -443,6 +456,19 @@ async fn cors_allows_only_configured_origins_with_credentials() {
     assert_eq!(allowed.headers()["access-control-allow-credentials"], "true");
     let denied = preflight("https://evil.example.test").await.unwrap();
     assert!(denied.headers().get("access-control-allow-origin").is_none());
+
+    // EventSource sends a simple GET: the stream's own response carries the grant.
+    for (origin, granted) in [("https://portal.example.test", true), ("https://evil.example.test", false)] {
+        let mut headers = bearer(&app.token);
+        headers.insert("origin", origin.parse().unwrap());
+        let response = app.open_progress_with("doc-1", &headers).await;
+        assert_eq!(response.status(), 200);
+        let allowed = response.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(allowed.as_deref(), granted.then_some(origin), "{origin}");
+        if granted {
+            assert_eq!(response.headers()["access-control-allow-credentials"], "true");
+        }
+    }
 }
 
 #[tokio::test]

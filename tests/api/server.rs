@@ -20,9 +20,9 @@ async fn exchange(app: &TestApp, request: &str) -> String {
     String::from_utf8(received).expect("responses are UTF-8")
 }
 
-fn stream_request(app: &TestApp, version: &str, extra: &str) -> String {
+fn stream_request(app: &TestApp, document: &str, version: &str, extra: &str) -> String {
     format!(
-        "GET /documents/doc-1/progress?lastEventId=0 {version}\r\nHost: x\r\nAuthorization: Bearer {}\r\n{extra}\r\n",
+        "GET /documents/{document}/progress?lastEventId=0 {version}\r\nHost: x\r\nAuthorization: Bearer {}\r\n{extra}\r\n",
         app.token
     )
 }
@@ -32,7 +32,7 @@ async fn one_connection_carries_pipelined_requests_then_a_chunked_stream() {
     let app = TestApp::spawn().await;
     let requests = format!(
         "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nHEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n{}",
-        stream_request(&app, "HTTP/1.1", "Connection: close\r\n")
+        stream_request(&app, "doc-1", "HTTP/1.1", "Connection: close\r\n")
     );
     let received = exchange(&app, &requests).await;
 
@@ -56,7 +56,7 @@ async fn one_connection_carries_pipelined_requests_then_a_chunked_stream() {
 #[tokio::test]
 async fn an_http_1_0_stream_ends_with_the_connection() {
     let app = TestApp::spawn().await;
-    let received = exchange(&app, &stream_request(&app, "HTTP/1.0", "")).await;
+    let received = exchange(&app, &stream_request(&app, "doc-1", "HTTP/1.0", "")).await;
     let (head, body) = received.split_once("\r\n\r\n").expect("a head");
     let lower = head.to_ascii_lowercase();
     assert!(!lower.contains("transfer-encoding"), "HTTP/1.0 has no chunked encoding: {head}");
@@ -80,13 +80,15 @@ async fn requests_with_a_body_and_malformed_heads_are_still_answered() {
 async fn a_client_that_goes_away_mid_stream_leaves_the_hub() {
     let app = TestApp::builder().speed(1.0).configure(|c| c.linger = Duration::from_millis(100)).spawn().await;
     let mut socket = TcpStream::connect(app.addr).await.unwrap();
-    socket.write_all(stream_request(&app, "HTTP/1.1", "").as_bytes()).await.unwrap();
+    // `silent` sends its first update and then nothing for a minute: the server must notice the
+    // close from the socket, not from a failing write.
+    socket.write_all(stream_request(&app, "silent", "HTTP/1.1", "").as_bytes()).await.unwrap();
     let mut first = [0; 256];
     let read = tokio::time::timeout(PATIENCE, socket.read(&mut first)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first[..read]).starts_with("HTTP/1.1 200 OK"));
     drop(socket);
     // The upstream call ends one linger after the server notices the close, long before the
-    // job (10 s at speed 1) is over.
+    // next update or heartbeat (15 s) would fail to write.
     let cancelled = app.sim.wait_until(Duration::from_secs(3), |s| s.cancelled() == 1 && s.active() == 0).await;
     assert!(cancelled, "the upstream call is cancelled after the client left");
 }

@@ -10,7 +10,9 @@ use crate::helpers::{SseReader, TestApp, bearer, events, names};
 #[tokio::test]
 async fn a_job_streams_every_update_in_order_and_ends_after_completed() {
     let app = TestApp::spawn().await;
-    let response = app.get("/documents/doc-1/progress?lastEventId=0", &bearer(&app.token)).await;
+    let mut headers = bearer(&app.token);
+    headers.insert("accept-encoding", "gzip, br, deflate".parse().unwrap());
+    let response = app.get("/documents/doc-1/progress?lastEventId=0", &headers).await;
 
     assert_eq!(response.status(), 200);
     let headers = response.headers();
@@ -113,6 +115,9 @@ async fn identity_and_trace_context_reach_the_upstream() {
     let mut headers = bearer(&app.token);
     headers.insert("x-request-id", "req-42".parse().unwrap());
     headers.insert("traceparent", traceparent.parse().unwrap());
+    // A client cannot claim another identity: the token's is the one passed on.
+    headers.insert("x-user-id", "mallory".parse().unwrap());
+    headers.insert("x-tenant-id", "globex".parse().unwrap());
     let response = app.open_progress_with("doc-2", &headers).await;
     assert_eq!(response.headers()["x-request-id"], "req-42");
     drop(response);
