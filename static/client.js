@@ -3,8 +3,9 @@
  *
  * `watchProgress(url, handlers)` follows one document: over EventSource while that works, over
  * the long-poll representation (`Accept: application/json`) when the browser has no
- * EventSource or the stream keeps failing. Every update reaches `onUpdate` once, in sequence
- * order. An ES module without dependencies: `import { watchProgress } from '/client.js'`.
+ * EventSource or the stream keeps failing. `onUpdate` never sees an update twice or out of
+ * order; it starts at the latest update, and a slow client may skip intermediate ones (progress
+ * is state). An ES module without dependencies: `import { watchProgress } from '/client.js'`.
  *
  * @module client
  */
@@ -15,10 +16,10 @@
  * @property {string} documentId
  * @property {number} sequence 1, 2, 3, ... per document, gap-free
  * @property {'queued'|'running'|'completed'|'failed'} status
- * @property {number} percent 0 to 100, never decreasing
+ * @property {number} percent 0 to 100
  * @property {string} stage e.g. `parsing`, `embedding`
  * @property {string} message any text, may contain newlines: render it as text, never as HTML
- * @property {string} emittedAt RFC 3339 UTC
+ * @property {string|null} emittedAt RFC 3339 UTC, or null when the upstream did not stamp it
  * @property {string} [errorCode] set when `status` is `failed`, e.g. `UNSUPPORTED_FORMAT`
  */
 
@@ -257,6 +258,10 @@ export function watchProgress(url, {
 /** Resolves after `seconds`, or at once when `signal` aborts. */
 function sleep(seconds, signal) {
   return new Promise((resolve) => {
+    if (signal.aborted) {
+      resolve();
+      return;
+    }
     const done = () => {
       clearTimeout(timer);
       signal.removeEventListener('abort', done);
