@@ -70,7 +70,11 @@ impl App {
             |resource: SharedResource| Hub::new(resource, config.hub_settings(Arc::clone(&metrics)), shutdown.clone());
         // The streamed resources, one line each: a resource is its mapping file (see
         // `upstream/docproc.rs`) and this line; routes and handlers come from it.
-        let hubs = [hub(Arc::new(DocumentProgress::new(Arc::clone(&pool), config.upstream_deadline)))];
+        let hubs = [hub(Arc::new(DocumentProgress::new(
+            Arc::clone(&pool),
+            config.upstream_deadline,
+            config.max_upstream_message_bytes,
+        )))];
         let state = AppState {
             stream: StreamSettings {
                 heartbeat: config.heartbeat,
@@ -79,10 +83,12 @@ impl App {
             },
             shutdown: shutdown.clone(),
             health: HealthClient::new(health_channel),
+            health_target: config.upstreams.join(", "),
             health_service: "docproc.v1.DocumentProcessor",
             auth,
             limits: StreamLimits::new(config.max_streams, config.max_streams_per_user),
             metrics,
+            allowed_origins: config.cors_origins.iter().cloned().collect(),
             demo_cookie: config.demo_token.as_deref().and_then(|token| {
                 let cookie = &config.auth.auth_cookie;
                 HeaderValue::from_str(&format!("{cookie}={token}; Path=/; HttpOnly; SameSite=Strict")).ok()

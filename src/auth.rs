@@ -70,7 +70,8 @@ pub struct Principal {
     pub user_id: String,
     /// The tenant claim.
     pub tenant_id: Option<String>,
-    /// The `exp` claim: the stream must end by then.
+    /// The `exp` claim plus the configured leeway: the token was accepted because this has not
+    /// passed, and the stream must end by then (CONTRACT §3).
     pub expires_at: SystemTime,
 }
 
@@ -262,7 +263,11 @@ impl Verifier {
             None if self.tenant_required => return Err(AuthFailure::BadClaims),
             None => None,
         };
-        let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp.min(u64::from(u32::MAX) * 4));
+        // One clock for the token's life: it was accepted because `exp` plus the leeway has not
+        // passed, so the stream it opens lives until that same moment, not until `exp` alone
+        // (which may already be behind us and would end the stream in its first moment).
+        let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp.min(u64::from(u32::MAX) * 4));
+        let expires_at = exp + self.leeway;
         Ok(Principal { user_id, tenant_id, expires_at })
     }
 }

@@ -124,6 +124,10 @@ pub struct ServeConfig {
     /// updates is resumed, one that delivered nothing answers 504.
     #[arg(long, env = "SSE_BFF_UPSTREAM_DEADLINE", default_value = "1h", value_parser = parse_duration)]
     pub upstream_deadline: Duration,
+    /// The largest upstream message accepted, in bytes. A larger one ends the call as the
+    /// upstream's fault: 502 `bad_gateway`, not retryable.
+    #[arg(long, env = "SSE_BFF_MAX_UPSTREAM_MESSAGE_BYTES", default_value_t = 4 << 20, value_parser = count(1 << 30))]
+    pub max_upstream_message_bytes: usize,
     /// An upstream call that sends nothing for this long counts as broken and is resumed.
     #[arg(long, env = "SSE_BFF_UPSTREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub upstream_idle_timeout: Duration,

@@ -45,6 +45,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// grpc.health.v1 client toward the upstream, for `/readyz`.
     pub health: HealthClient<Channel>,
+    /// The upstream as `/readyz` names it in its reasons: its URLs.
+    pub health_target: String,
     /// The service name checked by `/readyz`.
     pub health_service: &'static str,
     /// Token verification.
@@ -53,6 +55,8 @@ pub struct AppState {
     pub limits: Arc<StreamLimits>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Origins besides the BFF's own that may open WebSocket streams: the CORS origins.
+    pub allowed_origins: Arc<[HeaderValue]>,
     /// `Set-Cookie` for the demo page under `sse-bff demo` (the demo user's token).
     pub demo_cookie: Option<HeaderValue>,
 }

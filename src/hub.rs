@@ -21,7 +21,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 pub use direct::{MAX_BATCH, Offer, Sink};
-pub use viewer::ViewerStream;
+pub use viewer::{Delivery, ViewerStream};
 
 use self::shared::Shared;
 use crate::{

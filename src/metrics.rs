@@ -144,16 +144,12 @@ impl Metrics {
         OpenStream { metrics: std::sync::Arc::clone(self), open, sent, delivered: 0 }
     }
 
-    /// An upstream call was started.
-    pub fn upstream_started(&self) {
+    /// An upstream call was started; it counts as active until the returned guard is ended
+    /// or dropped.
+    pub fn upstream_started(self: &std::sync::Arc<Self>) -> UpstreamCall {
         self.upstream_started.inc();
         self.upstream_active.inc();
-    }
-
-    /// An upstream call ended with this gRPC code name (`ok` for a finished job).
-    pub fn upstream_ended(&self, code: &'static str) {
-        self.upstream_active.dec();
-        self.upstream_ended.get_or_create(&Code { code }).inc();
+        UpstreamCall { metrics: Some(std::sync::Arc::clone(self)) }
     }
 
     /// A viewer attached to (or left) a shared call.
@@ -181,6 +177,34 @@ impl Metrics {
     /// A request failed authentication.
     pub fn auth_failed(&self, reason: &'static str) {
         self.auth_failures.get_or_create(&Reason { reason }).inc();
+    }
+}
+
+/// An upstream call in flight. [`UpstreamCall::end`] records how it ended; a call dropped
+/// without it (the linger passed, shutdown, its viewer left) ends as `cancelled`, so that the
+/// active gauge falls on every path.
+#[derive(Debug)]
+pub struct UpstreamCall {
+    metrics: Option<std::sync::Arc<Metrics>>,
+}
+
+impl UpstreamCall {
+    /// The call ended with this gRPC code name (`ok` for a stream that reached its end).
+    pub fn end(mut self, code: &'static str) {
+        self.record(code);
+    }
+
+    fn record(&mut self, code: &'static str) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.upstream_active.dec();
+            metrics.upstream_ended.get_or_create(&Code { code }).inc();
+        }
+    }
+}
+
+impl Drop for UpstreamCall {
+    fn drop(&mut self) {
+        self.record("cancelled");
     }
 }
 

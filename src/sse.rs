@@ -13,12 +13,19 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 
 pub use decode::{Decoder, Frame};
 
-/// The comment line sent when nothing else was written for the heartbeat interval.
-pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+/// The comment line sent when nothing else was written for the heartbeat interval. It has no
+/// blank line after it: a blank line ends a block, and clients such as httpx-sse dispatch a
+/// block that carries no data as an event with empty data once the stream has had an `id:`.
+/// A comment inside the next event's block is ignored by every parser (WHATWG: lines that
+/// start with a colon are ignored).
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n";
 
-/// `retry: <ms>`, telling EventSource how long to wait before reconnecting.
-pub fn retry(after: Duration) -> Bytes {
-    Bytes::from(format!("retry: {}\n\n", after.as_millis()))
+/// The line `retry: <ms>` telling EventSource how long to wait before reconnecting, without
+/// the blank line that would end a block: it goes in front of a block that has `data`, or last
+/// in a body (see `http/representation.rs`), so that no client ever dispatches a
+/// block without data.
+pub fn retry_field(after: Duration) -> String {
+    format!("retry: {}\n", after.as_millis())
 }
 
 /// A generic frame. Any CR, LF or NUL in `id` or `name` is dropped (they cannot be represented

@@ -6,6 +6,7 @@
 
 mod channel;
 mod docproc;
+mod limit;
 
 use std::{fmt, pin::Pin, sync::Arc};
 
@@ -14,6 +15,7 @@ use tonic::Code;
 
 pub use channel::{ChannelError, UpstreamChannel, UpstreamPool};
 pub use docproc::{DocumentProgress, rfc3339_nanos};
+pub use limit::{Limited, MessageTooLarge};
 
 use crate::event::StreamEvent;
 
@@ -57,7 +59,8 @@ pub struct Identity {
     pub traceparent: Option<String>,
 }
 
-/// An upstream failure, reduced to what the HTTP layer needs: the gRPC code and its message.
+/// An upstream failure, reduced to what the HTTP layer needs: the gRPC code, its message, and
+/// whose fault it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("upstream {code:?}: {message}")]
 pub struct UpstreamError {
@@ -65,7 +68,28 @@ pub struct UpstreamError {
     pub code: Code,
     /// The upstream's message, bounded in length.
     pub message: String,
+    /// Where the failure came from, decided once from the error's type where it was made.
+    pub fault: Fault,
 }
+
+/// Where an upstream failure came from. Decided by the type of the error (tonic keeps the
+/// cause in the `Status` source chain), never by the words of its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The upstream answered with this status.
+    Status,
+    /// The connection to the upstream broke or could not be made (hyper, h2 or I/O errors):
+    /// worth resuming.
+    Transport,
+    /// The upstream sent a message the BFF cannot take: larger than the decode limit, or not
+    /// decodable. The upstream side's fault (HTTP 502), and repeating the call would not help.
+    BadMessage,
+}
+
+/// The upstream sent bytes that do not decode as the method's response message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the upstream sent a message that does not decode: {0}")]
+pub struct Undecodable(pub String);
 
 /// The longest upstream error message passed on to clients; longer ones are cut.
 const MAX_ERROR_MESSAGE: usize = 512;
@@ -81,7 +105,13 @@ impl UpstreamError {
             }
             message.truncate(end);
         }
-        Self { code, message }
+        Self { code, message, fault: Fault::Status }
+    }
+
+    /// Whether resuming the call may help: the upstream is unavailable, or the connection
+    /// broke.
+    pub fn is_transient(&self) -> bool {
+        self.code == Code::Unavailable || self.fault == Fault::Transport
     }
 
     /// The gRPC code in snake case (`unavailable`, `not_found`, ...), as clients and metrics see it.
@@ -115,6 +145,26 @@ impl UpstreamError {
 
 impl From<tonic::Status> for UpstreamError {
     fn from(status: tonic::Status) -> Self {
-        Self::new(status.code(), status.message())
+        let fault = fault_of(&status);
+        Self { fault, ..Self::new(status.code(), status.message()) }
     }
+}
+
+/// Walks the status's source chain for the errors our own client raises.
+fn fault_of(status: &tonic::Status) -> Fault {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<MessageTooLarge>() || error.is::<Undecodable>() {
+            return Fault::BadMessage;
+        }
+        if error.is::<hyper::Error>()
+            || error.is::<h2::Error>()
+            || error.is::<std::io::Error>()
+            || error.is::<tonic::transport::Error>()
+        {
+            return Fault::Transport;
+        }
+        source = error.source();
+    }
+    Fault::Status
 }

@@ -10,7 +10,10 @@ use bytes::Bytes;
 use serde::Serialize;
 use tonic::Code;
 
-use crate::{sse, upstream::UpstreamError};
+use crate::{
+    sse,
+    upstream::{Fault, UpstreamError},
+};
 
 /// Seconds a client is asked to wait after a 429 or 503.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -39,6 +42,9 @@ pub enum ApiError {
     /// The request headers are larger than allowed.
     #[error("request headers are too large")]
     HeadersTooLarge,
+    /// A WebSocket upgrade from an origin that is neither the BFF's own nor an allowed one.
+    #[error("WebSocket streams may only be opened from this service's own origin or an allowed CORS origin")]
+    ForbiddenOrigin,
     /// No route matches the path.
     #[error("no such resource")]
     NoRoute,
@@ -87,11 +93,13 @@ impl ApiError {
         match self {
             Self::InvalidDocumentId => StatusCode::BAD_REQUEST,
             Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::InvalidLastEventId | Self::InvalidWait => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::TokenExpired => StatusCode::UNAUTHORIZED,
             Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Upstream(e) if e.fault == Fault::BadMessage => StatusCode::BAD_GATEWAY,
             Self::Upstream(e) => http_status_of(e.code),
             Self::ShuttingDown | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -102,6 +110,7 @@ impl ApiError {
         match self {
             Self::InvalidDocumentId => "invalid_document_id",
             Self::NotAcceptable => "not_acceptable",
+            Self::ForbiddenOrigin => "forbidden_origin",
             Self::NoRoute => "no_route",
             Self::InvalidLastEventId => "invalid_last_event_id",
             Self::InvalidWait => "invalid_wait",
@@ -109,6 +118,7 @@ impl ApiError {
             Self::TokenExpired => "token_expired",
             Self::TooManyStreams(_) => "too_many_streams",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::Upstream(e) if e.fault == Fault::BadMessage => "bad_gateway",
             Self::Upstream(e) => e.code_name(),
             Self::ShuttingDown => "shutting_down",
             Self::NotReady(_) => "not_ready",
@@ -118,12 +128,14 @@ impl ApiError {
     /// Whether trying again later may succeed.
     pub fn retryable(&self) -> bool {
         match self {
+            Self::Upstream(e) if e.fault == Fault::BadMessage => false,
             Self::Upstream(e) => {
                 matches!(e.code, Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted)
             }
             Self::ShuttingDown | Self::NotReady(_) | Self::TokenExpired | Self::TooManyStreams(_) => true,
             Self::InvalidDocumentId
             | Self::NotAcceptable
+            | Self::ForbiddenOrigin
             | Self::NoRoute
             | Self::InvalidLastEventId
             | Self::InvalidWait
@@ -134,6 +146,8 @@ impl ApiError {
 
     fn grpc_status(&self) -> Option<i32> {
         match self {
+            // The upstream sent no status for a message it should not have sent.
+            Self::Upstream(e) if e.fault == Fault::BadMessage => None,
             Self::Upstream(e) => Some(e.code as i32),
             _ => None,
         }

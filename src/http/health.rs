@@ -1,9 +1,11 @@
 //! Operations endpoints: `GET /healthz` (the process is alive), `GET /readyz` (the upstream
-//! answers its grpc.health.v1 check and the service is not shutting down), `GET /metrics`.
+//! answers its grpc.health.v1 check, or has none, and the service is not shutting down),
+//! `GET /metrics`.
 
 use std::time::Duration;
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use super::{ApiError, AppState};
@@ -22,19 +24,60 @@ pub async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
-/// 200 when the upstream reports SERVING, 503 with the reason otherwise.
+/// 200 when the upstream reports SERVING, or answers that it has no health service at all
+/// (UNIMPLEMENTED: it is reachable and answers gRPC). 503 otherwise, with a reason that names
+/// the upstream and what failed: NOT_SERVING, an unknown service name, no answer in time, a
+/// refused connection.
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
+    let upstream = &state.health_target;
+    let service = state.health_service;
     let mut client = state.health.clone();
-    let request = HealthCheckRequest { service: state.health_service.to_owned() };
-    let answer = tokio::time::timeout(CHECK_TIMEOUT, client.check(request))
-        .await
-        .map_err(|_| ApiError::NotReady(format!("no health answer within {CHECK_TIMEOUT:?}")))?
-        .map_err(|status| ApiError::NotReady(format!("health check failed: {}", status.message())))?;
-    match answer.into_inner().status() {
-        ServingStatus::Serving => Ok((StatusCode::OK, "ready\n")),
-        other => Err(ApiError::NotReady(format!("upstream reports {}", other.as_str_name()))),
+    let request = HealthCheckRequest { service: service.to_owned() };
+    let answer = match tokio::time::timeout(CHECK_TIMEOUT, client.check(request)).await {
+        Err(_) => {
+            return Err(ApiError::NotReady(format!("upstream {upstream}: no health answer within {CHECK_TIMEOUT:?}")));
+        }
+        Ok(Err(status)) if status.code() == Code::Unimplemented => {
+            return Ok((
+                StatusCode::OK,
+                format!("ready: upstream {upstream} answers gRPC and has no grpc.health.v1 service\n"),
+            ));
+        }
+        Ok(Err(status)) if status.code() == Code::NotFound => {
+            return Err(ApiError::NotReady(format!(
+                "upstream {upstream} does not know the health service {service:?}"
+            )));
+        }
+        Ok(Err(status)) => {
+            return Err(ApiError::NotReady(format!("upstream {upstream}: health check failed: {}", describe(&status))));
+        }
+        Ok(Ok(answer)) => answer.into_inner(),
+    };
+    match answer.status() {
+        ServingStatus::Serving => Ok((StatusCode::OK, "ready\n".to_owned())),
+        other => {
+            Err(ApiError::NotReady(format!("upstream {upstream} reports {} for {service:?}", other.as_str_name())))
+        }
+    }
+}
+
+/// A status as `CODE: message`, with the innermost cause when tonic left the message empty (a
+/// refused connection says only "transport error" or nothing at all).
+fn describe(status: &tonic::Status) -> String {
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        cause = error.to_string();
+        source = error.source();
+    }
+    match (status.message(), cause.as_str()) {
+        ("", "") => format!("{:?}", status.code()),
+        ("", cause) => format!("{:?}: {cause}", status.code()),
+        (message, "") => format!("{:?}: {message}", status.code()),
+        (message, cause) if message.contains(cause) => format!("{:?}: {message}", status.code()),
+        (message, cause) => format!("{:?}: {message} ({cause})", status.code()),
     }
 }

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     event::StreamEvent,
-    hub::{MAX_BATCH, Offer, Sink, ViewerStream},
+    hub::{Delivery, MAX_BATCH, Offer, Sink, ViewerStream},
     sse,
 };
 
@@ -74,20 +74,33 @@ impl Representation {
     }
 }
 
-/// `text/event-stream`: `retry:` first, then one frame per output.
+/// `text/event-stream`: one frame per output, the first block carrying the `retry:` field.
+///
+/// No block without `data` is ever sent: naive clients (httpx-sse's `connect_sse`, loops that
+/// parse every event's data) dispatch a lone `retry:` block as an event with empty data and
+/// crash on it. So `retry:` rides in the first block that has data (the first event, a reset
+/// or an error); a heartbeat is a comment line with no blank line after it (see
+/// [`sse::KEEP_ALIVE`]), which no client dispatches. The reconnect
+/// hint at the end of a stream is a `retry:` line with no blank line after it: a WHATWG parser
+/// applies the field as it reads the line, and a block left open at the end of the body is
+/// discarded, never dispatched.
 pub fn event_stream(feed: impl Stream<Item = Output> + Send + 'static, retry: Duration) -> Response {
-    let head = futures_util::stream::iter([sse::retry(retry)]);
-    let frames = feed.filter_map(|output| {
+    let mut first = Some(retry);
+    let frames = feed.filter_map(move |output| {
+        let mut with_retry = |frame: Bytes| match first.take() {
+            Some(retry) => Bytes::from([sse::retry_field(retry).as_bytes(), &frame].concat()),
+            None => frame,
+        };
         std::future::ready(match output {
-            Output::Reset => Some(sse::frame(None, "reset", RESET.as_bytes())),
-            Output::Event(event) => Some(event.sse.clone()),
+            Output::Reset => Some(with_retry(sse::frame(None, "reset", RESET.as_bytes()))),
+            Output::Event(event) => Some(with_retry(event.sse.clone())),
             Output::Heartbeat => Some(Bytes::from_static(sse::KEEP_ALIVE)),
             Output::End(Ending::Terminal) => None,
-            Output::End(Ending::Error(error)) => Some(error.to_sse()),
-            Output::End(Ending::Reconnect(after)) => Some(sse::retry(after)),
+            Output::End(Ending::Error(error)) => Some(with_retry(error.to_sse())),
+            Output::End(Ending::Reconnect(after)) => Some(Bytes::from(sse::retry_field(after))),
         })
     });
-    streaming(head.chain(frames), "text/event-stream")
+    streaming(frames, "text/event-stream")
 }
 
 /// `application/x-ndjson`: the event data objects one per line; an error ends the stream as
@@ -218,7 +231,12 @@ pub async fn long_poll(
     let mut next = first;
     while let Some(item) = next {
         match item {
-            Ok(event) => {
+            Delivery::Reset => {
+                // The resume point was past the end: what follows replaces what the client had.
+                poll.events.clear();
+                poll.reset = true;
+            }
+            Delivery::Event(event) => {
                 viewer.metrics.event_sent(event.emitted_at);
                 poll.last_event_id = event.id;
                 poll.done = event.kind.is_terminal();
@@ -230,9 +248,9 @@ pub async fn long_poll(
                     break;
                 }
             }
-            Err(error) if poll.events.is_empty() => return ApiError::Upstream(error).into_response(),
+            Delivery::Failed(error) if poll.events.is_empty() => return ApiError::Upstream(error).into_response(),
             // Deliver what arrived; the next poll reports the error.
-            Err(_) => break,
+            Delivery::Failed(_) => break,
         }
         next = events.next().now_or_never().flatten();
     }

@@ -13,7 +13,7 @@ use axum::{
         rejection::PathRejection,
         ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
-    http::{HeaderMap, HeaderValue, StatusCode, Uri},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 
@@ -52,6 +52,11 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let span = tracing::Span::current();
     let started = Instant::now();
+    // CORS does not cover WebSocket handshakes: a page of another site could open one with the
+    // user's cookie. Refused before the token is even looked at.
+    if upgrade.is_ok() && !same_or_allowed_origin(&headers, &uri, &state.allowed_origins) {
+        return Err(ApiError::ForbiddenOrigin);
+    }
     let principal = state.auth.authenticate(&headers, uri.query()).map_err(|reason| {
         tracing::warn!(%reason, "authentication failed");
         state.metrics.auth_failed(reason.label());
@@ -161,6 +166,26 @@ fn number(value: &str) -> Result<Option<u64>, ()> {
         }
         _ => Err(()),
     }
+}
+
+/// Whether a WebSocket upgrade may proceed: it carries no `Origin` (curl, servers), or its
+/// `Origin` is the BFF's own (the same host and port as `Host`, over http or https, since a
+/// proxy in front may end TLS), or one of the allowed CORS origins (compared as RFC 6454
+/// serialisations, ASCII case-insensitively).
+fn same_or_allowed_origin(headers: &HeaderMap, uri: &Uri, allowed: &[HeaderValue]) -> bool {
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let origin = match (origins.next(), origins.next()) {
+        (None, _) => return true,
+        (Some(origin), None) => origin,
+        (Some(_), Some(_)) => return false,
+    };
+    let Ok(origin) = origin.to_str() else { return false };
+    if allowed.iter().any(|a| a.to_str().is_ok_and(|a| a.eq_ignore_ascii_case(origin))) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()));
+    let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    matches!((host, authority), (Some(host), Some(authority)) if host.eq_ignore_ascii_case(authority))
 }
 
 /// 1 to 128 bytes of `[A-Za-z0-9._-]`.

@@ -14,7 +14,11 @@ use futures_util::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, limits::StreamPermit};
-use crate::{event::StreamEvent, hub::ViewerStream, metrics::OpenStream, upstream::UpstreamError};
+use crate::{
+    event::StreamEvent,
+    hub::{Delivery, ViewerStream},
+    metrics::OpenStream,
+};
 
 /// Stream timing shared by every representation.
 #[derive(Debug, Clone)]
@@ -33,7 +37,7 @@ pub struct StreamSettings {
 pub struct Viewer {
     /// Released when the stream ends.
     pub permit: StreamPermit,
-    /// The token's `exp`: the stream ends with `token_expired` by then.
+    /// The token's `exp` plus the leeway: the stream ends with `token_expired` by then.
     pub expires_at: Option<SystemTime>,
     /// Counts the stream and its events.
     pub metrics: OpenStream,
@@ -66,7 +70,7 @@ pub enum Ending {
 }
 
 enum Next {
-    Item(Option<Result<Arc<StreamEvent>, UpstreamError>>),
+    Item(Option<Delivery>),
     Heartbeat,
     Shutdown,
     Deadline,
@@ -115,7 +119,11 @@ pub fn feed(
                 last_output = last_output.max(at);
             }
             match next {
-                Next::Item(Some(Ok(event))) => {
+                Next::Item(Some(Delivery::Reset)) => {
+                    last_output = tokio::time::Instant::now();
+                    yield Output::Reset;
+                }
+                Next::Item(Some(Delivery::Event(event))) => {
                     let terminal = event.kind.is_terminal();
                     if std::mem::take(&mut first) {
                         counted.metrics.first_event(viewer.started.elapsed());
@@ -130,7 +138,7 @@ pub fn feed(
                         break deadline_ending(token_ends_first, &settings);
                     }
                 }
-                Next::Item(Some(Err(error))) => break Ending::Error(ApiError::Upstream(error)),
+                Next::Item(Some(Delivery::Failed(error))) => break Ending::Error(ApiError::Upstream(error)),
                 // The hub wrote the terminal event to the connection itself.
                 Next::Item(None) => break Ending::Terminal,
                 Next::Heartbeat => {

@@ -148,16 +148,23 @@ impl Shared {
                 (Some(End::Terminal), _) => Attach::Failed(UpstreamError::ended_early()),
                 (Some(End::Cancelled), _) => Attach::Gone,
                 // Connected, but the upstream has not sent anything yet: stream what comes.
-                (None, None) => self.ready(&state, Vec::new(), resume.unwrap_or(0), from_start, sink),
+                (None, None) => self.ready(&state, Vec::new(), resume.unwrap_or(0), false, from_start, sink),
             };
         };
         if from_start.is_some() {
-            return self.ready(&state, Vec::new(), resume.unwrap_or(0), from_start, sink);
+            return self.ready(&state, Vec::new(), resume.unwrap_or(0), false, from_start, sink);
         }
         let finished = matches!(state.end, Some(End::Terminal));
         let backlog: Vec<_> = match resume {
-            Some(after) if finished && after >= latest.id => {
+            Some(after) if finished && after == latest.id => {
                 return Attach::Ready(Subscription::Finished { last: latest.id });
+            }
+            // A point the call never reached (the resource was redone under the same id, say)
+            // cannot be replayed: the viewer starts over from the current state, and so still
+            // learns how the call ends.
+            Some(after) if after > latest.id => {
+                let current = vec![Arc::clone(latest)];
+                return self.ready(&state, current, 0, true, None, sink);
             }
             Some(after) if after + 1 < first.id => return Attach::NeedsPrivateCall(after),
             Some(after) => state.log.iter().filter(|e| e.id > after).cloned().collect(),
@@ -166,7 +173,7 @@ impl Shared {
         if let (Some(End::Failed(error)), true) = (&state.end, backlog.is_empty()) {
             return Attach::Failed(error.clone());
         }
-        self.ready(&state, backlog, resume.unwrap_or(0), None, sink)
+        self.ready(&state, backlog, resume.unwrap_or(0), false, None, sink)
     }
 
     fn ready(
@@ -174,6 +181,7 @@ impl Shared {
         state: &State,
         backlog: Vec<Arc<StreamEvent>>,
         cursor: u64,
+        reset: bool,
         from_start: Option<Receiver>,
         sink: Option<&Arc<dyn Sink>>,
     ) -> Attach {
@@ -182,7 +190,7 @@ impl Shared {
         let parking = sink.map(|sink| Arc::new(Parking::new(Arc::clone(sink))));
         let guard = ViewerGuard { shared: Arc::clone(self), parking };
         let live = from_start.or_else(|| state.live.as_ref().map(broadcast::Sender::subscribe));
-        Attach::Ready(Subscription::Live { reset: false, events: viewer::shared(guard, backlog, live, cursor) })
+        Attach::Ready(Subscription::Live { reset, events: viewer::shared(guard, backlog, live, cursor) })
     }
 
     /// Parks a viewer that has every event up to `cursor`, the latest one; `false` when there

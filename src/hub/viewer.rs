@@ -24,11 +24,21 @@ use super::{
 };
 use crate::{event::StreamEvent, upstream::UpstreamError};
 
-/// What a viewer receives: events, or the error that ended the upstream call.
-type Delivery = Result<Arc<StreamEvent>, UpstreamError>;
+/// What a viewer receives.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The next event.
+    Event(Arc<StreamEvent>),
+    /// The viewer's resume point lies beyond the call's end (a resource redone under the same
+    /// id, say): what it had belongs to another run. The terminal event follows.
+    Reset,
+    /// The error that ended the upstream call; nothing follows.
+    Failed(UpstreamError),
+}
 
 /// A viewer's events. It ends after the terminal event, or an error; when it ends without
-/// either, the hub wrote the terminal event to the connection itself. Dropping it detaches the
+/// either, the hub wrote the terminal event to the connection itself. A reset (see
+/// [`Delivery::Reset`]) is always followed by the terminal event. Dropping it detaches the
 /// viewer.
 pub struct ViewerStream {
     events: Pin<Box<dyn Stream<Item = Delivery> + Send>>,
@@ -86,7 +96,7 @@ pub(super) fn shared(
                 cursor = event.id;
                 yielded = true;
                 let terminal = event.kind.is_terminal();
-                yield Ok(event);
+                yield Delivery::Event(event);
                 if terminal {
                     return;
                 }
@@ -129,11 +139,17 @@ pub(super) fn shared(
                 }
                 Err(RecvError::Closed) => {
                     match shared.ending() {
-                        (Some(End::Terminal), Some(last)) if last.id > cursor => yield Ok(last),
+                        (Some(End::Terminal), Some(last)) if last.id > cursor => yield Delivery::Event(last),
+                        // The viewer asked to resume after a point the call never reached: it
+                        // must still learn how the call ended.
+                        (Some(End::Terminal), Some(last)) if last.id < cursor => {
+                            yield Delivery::Reset;
+                            yield Delivery::Event(last);
+                        }
                         // The driver wrote the terminal event to the connection itself.
                         (Some(End::Terminal), _) => {}
-                        (Some(End::Failed(error)), _) => yield Err(error),
-                        (Some(End::Cancelled) | None, _) => yield Err(UpstreamError::ended_early()),
+                        (Some(End::Failed(error)), _) => yield Delivery::Failed(error),
+                        (Some(End::Cancelled) | None, _) => yield Delivery::Failed(UpstreamError::ended_early()),
                     }
                     return;
                 }

@@ -10,14 +10,14 @@ use futures_util::{StreamExt as _, future::BoxFuture};
 use http::uri::PathAndQuery;
 use serde::Serialize;
 use tonic::{
-    Code,
+    Code, Status,
     client::Grpc,
-    codec::{BufferSettings, Codec},
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder},
     metadata::MetadataValue,
 };
 use tonic_prost::ProstCodec;
 
-use super::{Call, EventStream, Identity, Resource, UpstreamError, UpstreamPool};
+use super::{Call, EventStream, Identity, Limited, Resource, Undecodable, UpstreamError, UpstreamPool};
 use crate::{
     event::{EventKind, StreamEvent},
     pb::docproc::v1::{ProcessDocumentRequest, ProcessingStatus, ProcessingUpdate},
@@ -28,6 +28,7 @@ use crate::{
 pub struct DocumentProgress {
     pool: Arc<UpstreamPool>,
     deadline: Duration,
+    max_message_bytes: usize,
 }
 
 impl DocumentProgress {
@@ -35,9 +36,10 @@ impl DocumentProgress {
     pub const ROUTE: &'static str = "/documents/{document_id}/progress";
 
     /// Calls the DocumentProcessor service through `pool`; each call carries `deadline` as its
-    /// gRPC timeout.
-    pub fn new(pool: Arc<UpstreamPool>, deadline: Duration) -> Self {
-        Self { pool, deadline }
+    /// gRPC timeout, and a message larger than `max_message_bytes` ends it as the upstream's
+    /// fault ([`Fault::BadMessage`](super::Fault::BadMessage)).
+    pub fn new(pool: Arc<UpstreamPool>, deadline: Duration, max_message_bytes: usize) -> Self {
+        Self { pool, deadline, max_message_bytes }
     }
 }
 
@@ -48,9 +50,11 @@ impl Resource for DocumentProgress {
 
     fn open(&self, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
         let lease = self.pool.lease();
-        // Messages can carry long human-readable text; 4 MiB (tonic's default) bounds the memory
-        // one upstream message may take.
-        let mut client = Grpc::new(lease.channel.clone()).max_decoding_message_size(4 << 20);
+        // Messages can carry long human-readable text; the limit bounds the memory one upstream
+        // message may take. `Limited` refuses a larger one by its length prefix, as an error of
+        // its own type; tonic's equal limit behind it is never reached.
+        let limit = self.max_message_bytes;
+        let mut client = Grpc::new(Limited::new(lease.channel.clone(), limit)).max_decoding_message_size(limit);
         let deadline = self.deadline;
         Box::pin(async move {
             let mut request =
@@ -86,14 +90,35 @@ impl Codec for SmallBuffers {
     type Encode = ProcessDocumentRequest;
     type Decode = ProcessingUpdate;
     type Encoder = <ProstCodec<ProcessDocumentRequest, ProcessingUpdate> as Codec>::Encoder;
-    type Decoder = <ProstCodec<ProcessDocumentRequest, ProcessingUpdate> as Codec>::Decoder;
+    type Decoder = Checked<<ProstCodec<ProcessDocumentRequest, ProcessingUpdate> as Codec>::Decoder>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<ProcessDocumentRequest, ProcessingUpdate>::default().encoder()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<ProcessDocumentRequest, ProcessingUpdate>::raw_decoder(BufferSettings::new(512, 32 * 1024))
+        Checked(ProstCodec::<ProcessDocumentRequest, ProcessingUpdate>::raw_decoder(BufferSettings::new(
+            512,
+            32 * 1024,
+        )))
+    }
+}
+
+/// A decoder whose failures carry [`Undecodable`] in their source chain, so that a malformed
+/// message is classified as the upstream's fault by type.
+#[derive(Debug)]
+struct Checked<D>(D);
+
+impl<D: Decoder<Error = Status>> Decoder for Checked<D> {
+    type Item = D::Item;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D::Item>, Status> {
+        self.0.decode(buf).map_err(|status| Status::from_error(Box::new(Undecodable(status.message().to_owned()))))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }
 

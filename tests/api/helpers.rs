@@ -44,6 +44,19 @@ pub fn bearer(token: &str) -> HeaderMap {
     headers
 }
 
+/// A client WebSocket to the BFF.
+pub type WebSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// The HTTP response to a WebSocket handshake (with its body when the upgrade was refused).
+pub type WsResponse = tokio_tungstenite::tungstenite::handshake::client::Response;
+/// Why a WebSocket handshake or read failed.
+pub type WsError = tokio_tungstenite::tungstenite::Error;
+
+/// A document id no test used before whose job plays the script `base` (the simulator picks the
+/// script by the part before the first `.`), so the test gets a brand-new job of its own.
+pub fn fresh(base: &str) -> String {
+    format!("{base}.{}", uuid::Uuid::new_v4().simple())
+}
+
 /// A running simulator and BFF.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -103,6 +116,26 @@ impl TestApp {
             request = request.header("accept", "text/event-stream");
         }
         tokio::time::timeout(PATIENCE, request.send()).await.expect("response within patience").expect("request sent")
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub async fn metrics(&self) -> String {
+        let response = self.get("/metrics", &HeaderMap::new()).await;
+        assert_eq!(response.status(), 200, "GET /metrics");
+        response.text().await.expect("metrics body")
+    }
+
+    /// A WebSocket upgrade on `path` (with its query) carrying exactly these extra headers (add
+    /// a token yourself). A refused handshake is the `Err`, with the HTTP response in it.
+    pub async fn websocket(&self, path: &str, headers: &HeaderMap) -> Result<(WebSocket, WsResponse), WsError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = format!("ws://{}{path}", self.addr).into_client_request().expect("a WebSocket request");
+        for (name, value) in headers {
+            request.headers_mut().insert(name, value.clone());
+        }
+        tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("handshake within patience")
     }
 
     /// Opens a stream from the first event (`Last-Event-ID: 0`), asserts it is a 200 event

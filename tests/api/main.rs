@@ -3,6 +3,7 @@
 //! real HTTP client that parses SSE.
 
 mod errors;
+mod faults;
 mod grpcurl;
 mod helpers;
 mod hub;

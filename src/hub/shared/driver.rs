@@ -85,9 +85,10 @@ impl Shared {
         let mut backoff = BACKOFF.0;
         loop {
             call.resume_after = last;
-            self.metrics.upstream_started();
+            // Dropped with this future when the call is cancelled: it then counts as `cancelled`.
+            let counted = self.metrics.upstream_started();
             let attempt = self.attempt(resource, &call, &mut last, settings).await;
-            self.metrics.upstream_ended(attempt.as_ref().err().map_or("ok", |broken| broken.error.code_name()));
+            counted.end(attempt.as_ref().err().map_or("ok", |broken| broken.error.code_name()));
             let error = match attempt {
                 Ok(()) => return End::Terminal,
                 Err(Broken { error, received }) => {
@@ -99,7 +100,7 @@ impl Shared {
                 }
             };
             let since = *failing_since.get_or_insert_with(Instant::now);
-            if !is_transient(&error) || since.elapsed() >= settings.retry_budget {
+            if !error.is_transient() || since.elapsed() >= settings.retry_budget {
                 tracing::warn!(code = ?error.code, message = %error.message, "upstream call failed");
                 return End::Failed(error);
             }
@@ -238,13 +239,4 @@ async fn next_batch(events: &mut EventStream) -> (Vec<StreamEvent>, Option<Upstr
             None => return (batch, None),
         }
     }
-}
-
-/// Failures worth resuming after: the upstream or the connection to it went away.
-fn is_transient(error: &UpstreamError) -> bool {
-    let message = error.message.to_ascii_lowercase();
-    let broken_connection =
-        ["transport", "h2 protocol", "connection", "broken pipe", "stream closed"].iter().any(|n| message.contains(n));
-    error.code == Code::Unavailable
-        || (matches!(error.code, Code::Unknown | Code::Internal | Code::Cancelled) && broken_connection)
 }
