@@ -5,7 +5,7 @@
 //! `docproc.rs` and one route; nothing here changes.
 
 mod channel;
-mod docproc;
+pub(crate) mod docproc;
 
 use std::{fmt, pin::Pin, sync::Arc};
 
