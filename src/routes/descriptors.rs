@@ -110,17 +110,30 @@ pub async fn fetch_reflection(
             .connect_timeout(timeout);
         let channel =
             endpoint.connect().await.map_err(|e| DescriptorError::Connect { url: url.into(), message: chain(&e) })?;
-        let mut result = files(Grpc::new(channel.clone()), REFLECTION_PATHS[0], services).await;
-        if matches!(&result, Err(status) if status.code() == Code::Unimplemented) {
-            result = files(Grpc::new(channel), REFLECTION_PATHS[1], services).await;
-        }
-        let files = result.map_err(|status| DescriptorError::Call {
+        let failed = |status: Status| DescriptorError::Call {
             url: url.into(),
             code: status.code(),
             message: status.message().into(),
-        })?;
+        };
+        let mut path = REFLECTION_PATHS[0];
+        let mut all = BTreeMap::new();
+        // One call per service: tonic's reflection server ends the call with NOT_FOUND for an
+        // unknown symbol (grpc-go answers with an error message instead), which would leave the
+        // other services unanswered.
+        for service in services {
+            let mut result = files(Grpc::new(channel.clone()), path, service).await;
+            if path == REFLECTION_PATHS[0] && matches!(&result, Err(status) if status.code() == Code::Unimplemented) {
+                path = REFLECTION_PATHS[1];
+                result = files(Grpc::new(channel.clone()), path, service).await;
+            }
+            match result {
+                Ok(files) => all.extend(files),
+                Err(status) if status.code() == Code::NotFound => {}
+                Err(status) => return Err(failed(status)),
+            }
+        }
         let mut pool = DescriptorPool::new();
-        pool.add_file_descriptor_protos(files)
+        pool.add_file_descriptor_protos(all.into_values())
             .map_err(|source| DescriptorError::Decode { origin: format!("reflection at {url}"), source })?;
         Ok(pool)
     };
@@ -129,20 +142,20 @@ pub async fn fetch_reflection(
         .unwrap_or_else(|_| Err(DescriptorError::Timeout { url: url.into(), timeout }))
 }
 
-/// One reflection call: asks for the file of each service, then for every import not yet
-/// received, until nothing is pending.
+/// One reflection call: asks for the file defining `service`, then for every import not yet
+/// received, until nothing is pending. The files by name.
 async fn files(
     mut grpc: Grpc<tonic::transport::Channel>,
     path: &'static str,
-    services: &BTreeSet<String>,
-) -> Result<Vec<FileDescriptorProto>, Status> {
+    service: &str,
+) -> Result<BTreeMap<String, FileDescriptorProto>, Status> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let ask = |request: MessageRequest| {
         // The receiver lives in the call below until this function returns.
         let _ = tx.send(ServerReflectionRequest { host: String::new(), message_request: Some(request) });
     };
-    services.iter().for_each(|s| ask(MessageRequest::FileContainingSymbol(s.clone())));
-    let mut pending = services.len();
+    ask(MessageRequest::FileContainingSymbol(service.to_owned()));
+    let mut pending = 1;
     let mut asked: BTreeSet<String> = BTreeSet::new();
     let mut received: BTreeMap<String, FileDescriptorProto> = BTreeMap::new();
     grpc.ready().await.map_err(|e| Status::unavailable(chain(&e)))?;
@@ -172,7 +185,7 @@ async fn files(
             }
         }
     }
-    Ok(received.into_values().collect())
+    Ok(received)
 }
 
 /// An error and its sources on one line: tonic's transport errors say little on their own.

@@ -10,6 +10,7 @@ mod lifecycle;
 mod nginx;
 mod ops;
 mod representations;
+mod routes;
 mod security;
 mod server;
 mod stream;

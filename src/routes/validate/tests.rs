@@ -50,7 +50,7 @@ fn check(routes: &str) -> Result<RouteTable, Vec<RouteError>> {
 
 /// The route's problems as `key: message` lines.
 fn problems(routes: &str) -> Vec<String> {
-    let errors = check(routes).err().expect("refused");
+    let errors = check(routes).expect_err("refused");
     errors.iter().map(|e| format!("{}: {}", e.key, e.message)).collect()
 }
 
