@@ -25,7 +25,7 @@ pub enum RoutesCommand {
         /// The routes file (TOML).
         file: PathBuf,
         /// How long server reflection may take, per upstream.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, env = "SSE_BFF_REFLECTION_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
         reflection_timeout: Duration,
     },
 }

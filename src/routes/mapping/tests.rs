@@ -164,3 +164,11 @@ fn requests_take_path_parameters_by_their_rules_and_the_resume_point() {
     );
     assert!(document.build_request(&[("document_id", "a/b")], 0).is_err());
 }
+
+#[test]
+fn enum_prefixes_follow_protobufs_style_guide() {
+    assert_eq!(super::upper_snake("ProcessingStatus"), "PROCESSING_STATUS");
+    assert_eq!(super::upper_snake("HTTPCode"), "HTTP_CODE");
+    assert_eq!(super::upper_snake("LogStream2Kind"), "LOG_STREAM2_KIND");
+    assert_eq!(super::upper_snake("Status"), "STATUS");
+}
