@@ -14,6 +14,7 @@ use crate::{
     demo::DemoConfig,
     hub::{HubSettings, ShareScope},
     metrics::Metrics,
+    routes::RoutesArgs,
     sim::SimConfig,
 };
 
@@ -40,6 +41,8 @@ pub enum Command {
     Demo(DemoConfig),
     /// Print a signed HS256 development token.
     Token(TokenConfig),
+    /// Work with routes files: `routes check FILE`.
+    Routes(RoutesArgs),
 }
 
 /// Log output format.

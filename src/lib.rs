@@ -13,6 +13,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod pb;
+pub mod routes;
 pub mod sim;
 pub mod sse;
 pub mod telemetry;

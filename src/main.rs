@@ -5,15 +5,17 @@ use clap::Parser as _;
 use sse_bff::{
     App, Sim, auth,
     config::{Cli, Command},
-    demo, telemetry,
+    demo, routes, telemetry,
 };
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Token(config) = &cli.command {
-        return print_token(config);
+    match &cli.command {
+        Command::Token(config) => return print_token(config),
+        Command::Routes(args) => return routes(args).await,
+        _ => {}
     }
     telemetry::init(cli.log_format);
     let shutdown = CancellationToken::new();
@@ -22,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(config) => App::build(*config, shutdown).await?.run().await,
         Command::UpstreamSim(config) => Sim::build(config).await?.run(shutdown).await?,
         Command::Demo(config) => demo::run(config, shutdown).await?,
-        Command::Token(_) => {}
+        Command::Token(_) | Command::Routes(_) => {}
     }
     Ok(())
 }
@@ -32,6 +34,22 @@ async fn main() -> anyhow::Result<()> {
 fn print_token(config: &auth::TokenConfig) -> anyhow::Result<()> {
     println!("{}", auth::mint(config)?);
     Ok(())
+}
+
+/// `sse-bff routes check FILE` prints its report on stdout, or every problem on stderr and
+/// exits 1; like `token`, it needs no logging.
+#[allow(clippy::print_stdout)]
+async fn routes(args: &routes::RoutesArgs) -> anyhow::Result<()> {
+    match routes::check(&args.command).await {
+        Ok(report) => {
+            print!("{report}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1)
+        }
+    }
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

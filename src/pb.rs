@@ -12,3 +12,7 @@ pub mod docproc {
 
 /// The encoded descriptor set of `proto/`, served by the simulator's reflection service.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/docproc_descriptor.bin"));
+
+/// The encoded descriptor set of the CI build-log example (`proto/ci/v1/builds.proto`, with its
+/// imports), the same bytes as `fixtures/routes/builds.binpb`.
+pub const BUILDS_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/builds_descriptor.bin"));

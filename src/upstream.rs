@@ -5,7 +5,7 @@
 //! `docproc.rs` and one route; nothing here changes.
 
 mod channel;
-mod docproc;
+pub(crate) mod docproc;
 mod limit;
 
 use std::{fmt, pin::Pin, sync::Arc};

@@ -154,7 +154,7 @@ struct ProgressData<'a> {
 }
 
 /// Maps one upstream message to an event, rejecting messages that break the contract.
-fn map_update(update: ProcessingUpdate) -> Result<StreamEvent, UpstreamError> {
+pub(crate) fn map_update(update: ProcessingUpdate) -> Result<StreamEvent, UpstreamError> {
     let (kind, status) = match ProcessingStatus::try_from(update.status) {
         Ok(ProcessingStatus::Queued) => (EventKind::Progress, "queued"),
         Ok(ProcessingStatus::Running) => (EventKind::Progress, "running"),

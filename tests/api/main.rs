@@ -11,6 +11,7 @@ mod lifecycle;
 mod nginx;
 mod ops;
 mod representations;
+mod routes;
 mod security;
 mod server;
 mod stream;
