@@ -16,7 +16,7 @@ use std::{
 };
 
 use clap::Parser;
-use sse_bff::upstream::rfc3339_nanos;
+use sse_bff::routes::rfc3339_nanos;
 use tokio::{
     io::AsyncReadExt as _,
     net::{TcpListener, TcpStream},

@@ -1,6 +1,6 @@
 //! `App`: builds the BFF from its config, binds the listener itself, and runs until shutdown.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::http::HeaderValue;
 use tokio::net::TcpListener;
@@ -10,10 +10,12 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::{
     auth::{Authenticator, KeyError},
     config::ServeConfig,
+    http::HealthCheck,
     http::{self, AppState, EdgeSettings, ServerSettings, StreamLimits, StreamSettings},
     hub::Hub,
     metrics::Metrics,
-    upstream::{ChannelError, DocumentProgress, SharedResource, UpstreamChannel},
+    routes::{self, LoadError, RouteTable},
+    upstream::{ChannelError, RouteResource, RouteResourceError, SharedResource, UpstreamChannel},
 };
 
 /// Why the BFF could not start.
@@ -22,6 +24,15 @@ pub enum BuildError {
     /// The upstream endpoints are unusable.
     #[error(transparent)]
     Upstream(#[from] ChannelError),
+    /// The routes file (or the built-in route) is unusable.
+    #[error(transparent)]
+    Routes(#[from] LoadError),
+    /// A route cannot be served.
+    #[error(transparent)]
+    Route(#[from] RouteResourceError),
+    /// A route names an upstream the table does not have (validation prevents this).
+    #[error("route {0}: no such upstream")]
+    NoUpstream(String),
     /// The token verification keys are unusable.
     #[error(transparent)]
     Auth(#[from] KeyError),
@@ -46,35 +57,56 @@ pub struct App {
 }
 
 impl App {
-    /// Connects (lazily) to the upstream and binds the listen address. `shutdown` ends the
+    /// Loads the routes (the routes file, with descriptors from files or server reflection, or
+    /// the built-in document route), connects (lazily) to the upstreams and binds the listen
+    /// address. `shutdown` ends the
     /// server and every open stream when cancelled.
     pub async fn build(config: ServeConfig, shutdown: CancellationToken) -> Result<Self, BuildError> {
-        let channel = UpstreamChannel {
-            urls: config.upstreams.clone(),
-            connect_timeout: config.upstream_connect_timeout,
-            keepalive_interval: config.upstream_keepalive,
-            keepalive_timeout: Duration::from_secs(20),
-            streams_per_connection: config.upstream_streams_per_connection,
-            max_connections: config.upstream_max_connections,
+        let table = match &config.routes {
+            Some(path) => routes::load(path, config.reflection_timeout).await?,
+            None => {
+                let mut table = RouteTable::built_in(&config.upstreams)?;
+                // The built-in route's log size is the one flag of its own.
+                table.routes.iter_mut().for_each(|route| route.replay = config.replay_log);
+                table
+            }
         };
-        let pool = Arc::new(channel.pool()?);
-        let health_channel = channel.health_channel()?;
+        let metrics = Arc::new(Metrics::default());
+        let mut pools = HashMap::new();
+        let mut health = Vec::new();
+        for upstream in &table.upstreams {
+            let channel = UpstreamChannel {
+                urls: upstream.urls.clone(),
+                connect_timeout: config.upstream_connect_timeout,
+                keepalive_interval: config.upstream_keepalive,
+                keepalive_timeout: Duration::from_secs(20),
+                streams_per_connection: config.upstream_streams_per_connection,
+                max_connections: config.upstream_max_connections,
+            };
+            pools.insert(upstream.name.clone(), Arc::new(channel.pool()?));
+            if let Some(service) = &upstream.health {
+                health.push(HealthCheck {
+                    upstream: format!("{} ({})", upstream.name, upstream.urls.join(", ")),
+                    service: service.clone(),
+                    client: HealthClient::new(channel.health_channel()?),
+                });
+            }
+        }
+        // One hub per route; a route is its entry in the table, served by the generic resource.
+        let mut hubs = Vec::new();
+        for route in table.routes {
+            let pool = pools.get(&route.upstream).cloned().ok_or_else(|| BuildError::NoUpstream(route.path.clone()))?;
+            let resource =
+                RouteResource::new(route, pool, config.upstream_deadline, config.max_upstream_message_bytes)?;
+            let settings = config.hub_settings(Arc::clone(&metrics));
+            hubs.push(Hub::new(Arc::new(resource) as SharedResource, settings, shutdown.clone()));
+        }
         let auth = Authenticator::from_config(&config.auth)?;
         if matches!(auth, Authenticator::Disabled) {
             tracing::warn!(
                 "AUTHENTICATION IS DISABLED (--insecure-no-auth): every stream is anonymous; never run this way in production"
             );
         }
-        let metrics = Arc::new(Metrics::default());
-        let hub =
-            |resource: SharedResource| Hub::new(resource, config.hub_settings(Arc::clone(&metrics)), shutdown.clone());
-        // The streamed resources, one line each: a resource is its mapping file (see
-        // `upstream/docproc.rs`) and this line; routes and handlers come from it.
-        let hubs = [hub(Arc::new(DocumentProgress::new(
-            Arc::clone(&pool),
-            config.upstream_deadline,
-            config.max_upstream_message_bytes,
-        )))];
         let state = AppState {
             stream: StreamSettings {
                 heartbeat: config.heartbeat,
@@ -82,9 +114,7 @@ impl App {
                 max_lifetime: config.max_stream_lifetime,
             },
             shutdown: shutdown.clone(),
-            health: HealthClient::new(health_channel),
-            health_target: config.upstreams.join(", "),
-            health_service: "docproc.v1.DocumentProcessor",
+            health: health.into(),
             auth,
             limits: StreamLimits::new(config.max_streams, config.max_streams_per_user),
             metrics,

@@ -1,7 +1,7 @@
 //! The command line: one typed struct per command, every flag also an `SSE_BFF_*` variable.
 //! Values are validated while parsing, so a bad one stops the start with a message naming it.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -60,9 +60,18 @@ pub struct ServeConfig {
     /// HTTP listen address.
     #[arg(long, env = "SSE_BFF_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// DocumentProcessor endpoint URL (repeatable, or comma-separated in the variable).
-    #[arg(long = "upstream", env = "SSE_BFF_UPSTREAM", value_delimiter = ',', required = true, value_parser = parse_upstream_url)]
+    /// DocumentProcessor endpoint URL of the built-in document route (repeatable, or
+    /// comma-separated in the variable); not used with `--routes`.
+    #[arg(long = "upstream", env = "SSE_BFF_UPSTREAM", value_delimiter = ',', required_unless_present = "routes", value_parser = parse_upstream_url)]
     pub upstreams: Vec<String>,
+    /// A routes file (TOML, see README "Stream your own service"): every route it declares is
+    /// served instead of the built-in document route.
+    #[arg(long, env = "SSE_BFF_ROUTES")]
+    pub routes: Option<PathBuf>,
+    /// How long server reflection may take per upstream, for routes files whose descriptors
+    /// come from reflection.
+    #[arg(long, env = "SSE_BFF_REFLECTION_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub reflection_timeout: Duration,
     /// Send a `: keep-alive` comment after this long without other output.
     #[arg(long, env = "SSE_BFF_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
     pub heartbeat: Duration,
@@ -156,6 +165,7 @@ impl ServeConfig {
             linger: self.linger,
             keep_finished: self.keep_finished,
             replay: self.replay_log,
+            retention: crate::routes::Retention::State,
             viewer_lag: self.viewer_lag,
             retry_budget: self.retry_budget,
             idle_timeout: self.upstream_idle_timeout,

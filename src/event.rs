@@ -9,30 +9,45 @@ use bytes::Bytes;
 
 use crate::sse;
 
-/// What an event means for the stream that carries it.
+/// An event's name and whether the stream ends after it.
+///
+/// Names are `&'static str`: the routes' names are made static once when the routes are
+/// loaded (see `upstream/dynamic.rs`), a bounded set for the life of the process, so that an
+/// event carries no allocation of its own for its name. A name is 1 to 64 bytes of
+/// `[A-Za-z0-9_.-]` ([`EventKind::valid_name`]), so it can never break SSE framing or the JSON
+/// of a WebSocket frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// A non-terminal update (queued, running).
-    Progress,
-    /// The job finished successfully; the stream ends after this event.
-    Completed,
-    /// The job failed; the stream ends after this event.
-    Failed,
+pub struct EventKind {
+    name: &'static str,
+    terminal: bool,
 }
 
 impl EventKind {
-    /// The SSE `event:` name. A static string, so it can never break the framing.
+    /// A non-terminal `progress` event (tests and the load tools use it).
+    pub const PROGRESS: Self = Self { name: "progress", terminal: false };
+    /// A terminal `completed` event.
+    pub const COMPLETED: Self = Self { name: "completed", terminal: true };
+    /// The terminal `end` event of a route without terminal names: the upstream ended with OK.
+    pub const END: Self = Self { name: "end", terminal: true };
+
+    /// A kind named `name`; `None` when the name is not 1 to 64 bytes of `[A-Za-z0-9_.-]`.
+    pub fn new(name: &'static str, terminal: bool) -> Option<Self> {
+        Self::valid_name(name).then_some(Self { name, terminal })
+    }
+
+    /// Whether `name` can be an event name: 1 to 64 bytes of `[A-Za-z0-9_.-]`.
+    pub fn valid_name(name: &str) -> bool {
+        (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    }
+
+    /// The SSE `event:` name.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Progress => "progress",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-        }
+        self.name
     }
 
     /// Whether the stream ends after an event of this kind.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Progress)
+        self.terminal
     }
 }
 
@@ -89,12 +104,12 @@ mod tests {
 
     #[test]
     fn events_from_the_upstream_carry_static_names_and_numeric_ids() {
-        let update = StreamEvent::new(7, EventKind::Failed, br#"{"message":"a\nb"}"#, None);
-        assert_eq!(&update.sse[..], b"id: 7\nevent: failed\ndata: {\"message\":\"a\\nb\"}\n\n");
+        let update = StreamEvent::new(7, EventKind::COMPLETED, br#"{"message":"a\nb"}"#, None);
+        assert_eq!(&update.sse[..], b"id: 7\nevent: completed\ndata: {\"message\":\"a\\nb\"}\n\n");
         assert_eq!(&update.data[..], br#"{"message":"a\nb"}"#, "the data is the frame's own bytes");
         assert_eq!(&update.line()[..], b"{\"message\":\"a\\nb\"}\n", "the NDJSON line too");
         // Data with a raw line break spans two `data:` lines, so it is kept apart from the frame.
-        let split = StreamEvent::new(12, EventKind::Progress, b"a\nb", None);
+        let split = StreamEvent::new(12, EventKind::PROGRESS, b"a\nb", None);
         assert_eq!(&split.sse[..], b"id: 12\nevent: progress\ndata: a\ndata: b\n\n");
         assert_eq!((&split.data[..], &split.line()[..]), (&b"a\nb"[..], &b"a\nb\n"[..]));
     }

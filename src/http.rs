@@ -43,12 +43,8 @@ pub struct AppState {
     pub stream: StreamSettings,
     /// Cancelled when the service starts shutting down.
     pub shutdown: CancellationToken,
-    /// grpc.health.v1 client toward the upstream, for `/readyz`.
-    pub health: HealthClient<Channel>,
-    /// The upstream as `/readyz` names it in its reasons: its URLs.
-    pub health_target: String,
-    /// The service name checked by `/readyz`.
-    pub health_service: &'static str,
+    /// The upstreams `/readyz` checks.
+    pub health: Arc<[HealthCheck]>,
     /// Token verification.
     pub auth: Authenticator,
     /// Open-stream limits.
@@ -59,6 +55,17 @@ pub struct AppState {
     pub allowed_origins: Arc<[HeaderValue]>,
     /// `Set-Cookie` for the demo page under `sse-bff demo` (the demo user's token).
     pub demo_cookie: Option<HeaderValue>,
+}
+
+/// One upstream's grpc.health.v1 check, for `/readyz`.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// The upstream as reasons name it: its name and URLs.
+    pub upstream: String,
+    /// The service name asked about (`""`: the server as a whole).
+    pub service: String,
+    /// A client over the upstream's endpoints.
+    pub client: HealthClient<Channel>,
 }
 
 /// Edge settings of the layer stack.
@@ -89,14 +96,14 @@ pub fn service(state: AppState, edge: &EdgeSettings, hubs: &[Hub]) -> HttpServic
             }),
         );
     }
-    let templates: Arc<[&'static str]> = hubs.iter().map(Hub::route).collect();
+    let shaped: Arc<[Hub]> = hubs.iter().cloned().collect();
     let routes = routes
         .route("/", get(pages::index))
         .route("/client.js", get(pages::client))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .fallback(move |uri: Uri| not_found(uri, Arc::clone(&templates)))
+        .fallback(move |uri: Uri| not_found(uri, Arc::clone(&shaped)))
         .with_state(state);
     let max_header_bytes = edge.max_header_bytes;
     // Listed outermost first. There is deliberately no compression layer: compressing an event
@@ -153,14 +160,19 @@ async fn bound_headers(max: usize, request: Request<Body>, next: Next) -> Respon
     next.run(request).await
 }
 
-/// Unknown paths get a problem body too. A path shaped like a resource's route whose id the
-/// router could not capture (empty, or with a `/` in it) is a malformed id, not a missing route.
-async fn not_found(uri: Uri, templates: Arc<[&'static str]>) -> ApiError {
+/// Unknown paths get a problem body too. A path shaped like a route's template whose
+/// parameters the router could not capture (one empty, or with a `/` in it) is a malformed
+/// parameter of that route (its first rule's answer), not a missing route.
+async fn not_found(uri: Uri, hubs: Arc<[Hub]>) -> ApiError {
     let path = uri.path();
-    let shaped_like = |template: &&str| {
+    let shaped_like = |hub: &&Hub| {
+        let template = hub.route();
         template.split_once('{').zip(template.rsplit_once('}')).is_some_and(|((prefix, _), (_, suffix))| {
             path.len() >= prefix.len() + suffix.len() && path.starts_with(prefix) && path.ends_with(suffix)
         })
     };
-    if templates.iter().any(shaped_like) { ApiError::InvalidDocumentId } else { ApiError::NoRoute }
+    match hubs.iter().find(shaped_like).map(|hub| hub.resource().check(&[])) {
+        Some(Err(rejected)) => ApiError::InvalidParameter(rejected),
+        _ => ApiError::NoRoute,
+    }
 }

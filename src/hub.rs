@@ -26,6 +26,7 @@ pub use viewer::{Delivery, ViewerStream};
 use self::shared::Shared;
 use crate::{
     metrics::Metrics,
+    routes::Retention,
     upstream::{Call, SharedResource, UpstreamError},
 };
 
@@ -47,8 +48,10 @@ pub struct HubSettings {
     pub linger: Duration,
     /// How long a finished resource's log answers reconnects.
     pub keep_finished: Duration,
-    /// Events kept per resource for resuming viewers.
+    /// Events kept per resource for resuming viewers (the route's `replay`).
     pub replay: usize,
+    /// What a viewer that falls behind gets (the route's `retention`).
+    pub retention: Retention,
     /// Events a viewer may fall behind before it is conflated to the latest.
     pub viewer_lag: usize,
     /// How long transient upstream failures are retried before viewers see an error.
@@ -66,7 +69,8 @@ pub struct HubSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShareKey {
     route: &'static str,
-    id: String,
+    /// The route's path parameters: which resource.
+    params: Vec<(String, String)>,
     tenant: Option<String>,
     user: Option<String>,
 }
@@ -112,8 +116,11 @@ struct Inner {
 }
 
 impl Hub {
-    /// A hub for `resource`; every upstream call ends when `shutdown` is cancelled.
-    pub fn new(resource: SharedResource, settings: HubSettings, shutdown: CancellationToken) -> Self {
+    /// A hub for `resource`; every upstream call ends when `shutdown` is cancelled. The
+    /// resource's own replay size and retention replace those of `settings`.
+    pub fn new(resource: SharedResource, mut settings: HubSettings, shutdown: CancellationToken) -> Self {
+        settings.replay = resource.replay().max(1);
+        settings.retention = resource.retention();
         Self { inner: Arc::new(Inner { resource, settings, entries: Mutex::new(HashMap::new()), shutdown }) }
     }
 
@@ -122,7 +129,12 @@ impl Hub {
         self.inner.resource.route()
     }
 
-    /// Subscribes a viewer to `call.id`, resuming after `resume` when given (else starting
+    /// The resource this hub serves, for the handler's checks at the edge.
+    pub fn resource(&self) -> &SharedResource {
+        &self.inner.resource
+    }
+
+    /// Subscribes a viewer to the resource of `call.params`, resuming after `resume` when given (else starting
     /// with the latest update). Errors are those known before anything was sent. With a
     /// `sink`, the hub writes to the viewer's connection itself while the viewer is caught up.
     pub async fn subscribe(
@@ -137,15 +149,20 @@ impl Hub {
             match shared.attach(resume, &self.inner.settings, None, sink.as_ref()).await {
                 shared::Attach::Ready(subscription) => {
                     if resume.is_some() {
-                        self.inner.settings.metrics.replay(true);
+                        self.inner.settings.metrics.replay_hit(self.route());
                     }
                     return Ok(subscription);
                 }
                 shared::Attach::Failed(error) => return Err(error),
                 // The call ended while we attached (it was being removed): start a new one.
                 shared::Attach::Gone => continue,
+                // Without a resume field, the BFF's log was the only way back: start over.
+                shared::Attach::NeedsPrivateCall(_) if !self.inner.resource.resumable() => {
+                    self.inner.settings.metrics.replay_miss(self.route());
+                    return Ok(reset(Box::pin(self.subscribe(call, None, sink)).await?));
+                }
                 shared::Attach::NeedsPrivateCall(after) => {
-                    self.inner.settings.metrics.replay(false);
+                    self.inner.settings.metrics.replay_miss(self.route());
                     return self.private(call, after, sink).await;
                 }
             }
@@ -157,7 +174,8 @@ impl Hub {
             ShareScope::User => call.identity.user_id.clone(),
             ShareScope::Tenant => None,
         };
-        ShareKey { route: self.route(), id: call.id.clone(), tenant: call.identity.tenant_id.clone(), user }
+        let tenant = call.identity.tenant_id.clone();
+        ShareKey { route: self.route(), params: call.params.clone(), tenant, user }
     }
 
     /// The shared call for `key`, started on first use.
@@ -212,10 +230,7 @@ impl Hub {
         match private.attach(Some(after), &inner.settings, Some(from_start), sink.as_ref()).await {
             shared::Attach::Ready(subscription) => Ok(subscription),
             shared::Attach::Failed(error) if error.code == tonic::Code::OutOfRange => {
-                match Box::pin(self.subscribe(call, None, sink)).await? {
-                    Subscription::Live { events, .. } => Ok(Subscription::Live { reset: true, events }),
-                    finished @ Subscription::Finished { .. } => Ok(finished),
-                }
+                Ok(reset(Box::pin(self.subscribe(call, None, sink)).await?))
             }
             shared::Attach::Failed(error) => Err(error),
             shared::Attach::Gone | shared::Attach::NeedsPrivateCall(_) => Err(UpstreamError::ended_early()),
@@ -224,5 +239,14 @@ impl Hub {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShareKey, Arc<Shared>>> {
         self.inner.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A subscription from the current state, for a viewer whose resume point could not be
+/// replayed.
+fn reset(subscription: Subscription) -> Subscription {
+    match subscription {
+        Subscription::Live { events, .. } => Subscription::Live { reset: true, events },
+        finished @ Subscription::Finished { .. } => finished,
     }
 }

@@ -43,7 +43,13 @@ struct Stream {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Route {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct Code {
+    route: &'static str,
     code: &'static str,
 }
 
@@ -54,6 +60,7 @@ struct Reason {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct Outcome {
+    route: &'static str,
     outcome: &'static str,
 }
 
@@ -63,10 +70,10 @@ pub struct Metrics {
     registry: Registry,
     open_streams: Family<Stream, Gauge>,
     events_sent: Family<Stream, Counter>,
-    upstream_started: Counter,
-    upstream_active: Gauge,
+    upstream_started: Family<Route, Counter>,
+    upstream_active: Family<Route, Gauge>,
     upstream_ended: Family<Code, Counter>,
-    shared_viewers: Gauge,
+    shared_viewers: Family<Route, Gauge>,
     replay: Family<Outcome, Counter>,
     auth_failures: Family<Reason, Counter>,
     delivery_lag: Histogram,
@@ -80,17 +87,17 @@ impl Default for Metrics {
         registry.register("open_streams", "Open event streams by route and transport", open_streams.clone());
         let events_sent = Family::<Stream, Counter>::default();
         registry.register("events_sent", "Events written to viewers", events_sent.clone());
-        let upstream_started = Counter::default();
+        let upstream_started = Family::<Route, Counter>::default();
         registry.register(
             "upstream_calls_started",
             "Upstream calls started (including resumes)",
             upstream_started.clone(),
         );
-        let upstream_active = Gauge::default();
+        let upstream_active = Family::<Route, Gauge>::default();
         registry.register("upstream_calls_active", "Upstream calls streaming now", upstream_active.clone());
         let upstream_ended = Family::<Code, Counter>::default();
         registry.register("upstream_calls_ended", "Upstream calls ended, by final gRPC code", upstream_ended.clone());
-        let shared_viewers = Gauge::default();
+        let shared_viewers = Family::<Route, Gauge>::default();
         registry.register("shared_viewers", "Viewers attached to shared upstream calls", shared_viewers.clone());
         let replay = Family::<Outcome, Counter>::default();
         registry.register("replay", "Resumes answered from the replay log (hit) or not (miss)", replay.clone());
@@ -144,26 +151,29 @@ impl Metrics {
         OpenStream { metrics: std::sync::Arc::clone(self), open, sent, delivered: 0 }
     }
 
-    /// An upstream call was started; it counts as active until the returned guard is ended
-    /// or dropped.
-    pub fn upstream_started(self: &std::sync::Arc<Self>) -> UpstreamCall {
-        self.upstream_started.inc();
-        self.upstream_active.inc();
-        UpstreamCall { metrics: Some(std::sync::Arc::clone(self)) }
+    /// An upstream call of `route` was started; it counts as active until the returned guard
+    /// is ended or dropped.
+    pub fn upstream_started(self: &std::sync::Arc<Self>, route: &'static str) -> UpstreamCall {
+        self.upstream_started.get_or_create(&Route { route }).inc();
+        let active = self.upstream_active.get_or_create(&Route { route }).clone();
+        active.inc();
+        UpstreamCall { metrics: Some(std::sync::Arc::clone(self)), route, active }
     }
 
-    /// A viewer attached to (or left) a shared call.
-    pub fn viewer_attached(&self, attached: bool) {
-        if attached {
-            self.shared_viewers.inc()
-        } else {
-            self.shared_viewers.dec()
-        };
+    /// The gauge of viewers attached to shared calls of `route`, resolved once per shared
+    /// call; each viewer's guard increments it and decrements it when the viewer leaves.
+    pub fn shared_viewers(&self, route: &'static str) -> Gauge {
+        self.shared_viewers.get_or_create(&Route { route }).clone()
     }
 
-    /// A resume was served from the log (`true`) or needed an upstream call of its own.
-    pub fn replay(&self, hit: bool) {
-        self.replay.get_or_create(&Outcome { outcome: if hit { "hit" } else { "miss" } }).inc();
+    /// A resume of `route` was served from the replay log.
+    pub fn replay_hit(&self, route: &'static str) {
+        self.replay.get_or_create(&Outcome { route, outcome: "hit" }).inc();
+    }
+
+    /// A resume of `route` needed an upstream call of its own, or a reset.
+    pub fn replay_miss(&self, route: &'static str) {
+        self.replay.get_or_create(&Outcome { route, outcome: "miss" }).inc();
     }
 
     /// One sample of the delivery lag of an event emitted at `emitted_at`, taken now: by a
@@ -186,6 +196,8 @@ impl Metrics {
 #[derive(Debug)]
 pub struct UpstreamCall {
     metrics: Option<std::sync::Arc<Metrics>>,
+    route: &'static str,
+    active: Gauge,
 }
 
 impl UpstreamCall {
@@ -196,8 +208,8 @@ impl UpstreamCall {
 
     fn record(&mut self, code: &'static str) {
         if let Some(metrics) = self.metrics.take() {
-            metrics.upstream_active.dec();
-            metrics.upstream_ended.get_or_create(&Code { code }).inc();
+            self.active.dec();
+            metrics.upstream_ended.get_or_create(&Code { route: self.route, code }).inc();
         }
     }
 }

@@ -27,6 +27,7 @@ use regex::Regex;
 pub use check::{RoutesArgs, RoutesCommand, check};
 pub use descriptors::{DescriptorError, fetch_reflection};
 pub use file::{EnumStyle, Int64Style, Retention, RoutesFile, TimestampStyle};
+pub use json::rfc3339_nanos;
 pub use mapping::{MapError, Mapped};
 pub use validate::validate;
 

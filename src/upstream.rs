@@ -1,35 +1,59 @@
 //! Upstream gRPC services: the generic seam between a streamed resource and the transports.
 //!
 //! A [`Resource`] knows how to open one server-streaming call and map its messages to
-//! [`StreamEvent`]s. Adding another streamed resource means one new mapping file beside
-//! `docproc.rs` and one route; nothing here changes.
+//! [`StreamEvent`]s. Every route is one [`RouteResource`] (`dynamic.rs`), built from the route
+//! table: adding a streamed resource means a routes-file entry, not code.
 
 mod channel;
-pub(crate) mod docproc;
+mod dynamic;
 mod limit;
 
 use std::{fmt, pin::Pin, sync::Arc};
 
 use futures_util::{Stream, future::BoxFuture};
-use tonic::Code;
+use tonic::{Code, metadata::MetadataValue};
 
 pub use channel::{ChannelError, UpstreamChannel, UpstreamPool};
-pub use docproc::{DocumentProgress, rfc3339_nanos};
+pub use dynamic::{RouteResource, RouteResourceError};
 pub use limit::{Limited, MessageTooLarge};
 
-use crate::event::StreamEvent;
+use crate::{event::StreamEvent, routes::Retention};
 
 /// The events of one upstream call, or the error that ended it.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, UpstreamError>> + Send>>;
 
 /// A streamed resource backed by one server-streaming gRPC method.
 pub trait Resource: Send + Sync + fmt::Debug + 'static {
-    /// The route template the resource is served under, used in logs and sharing keys.
+    /// The route template the resource is served under, used in logs, metrics and sharing
+    /// keys.
     fn route(&self) -> &'static str;
+
+    /// What a slow viewer gets: the latest event (`state`) or every event (`log`).
+    fn retention(&self) -> Retention;
+
+    /// Events kept per shared call for resuming viewers (at least one).
+    fn replay(&self) -> usize;
+
+    /// Whether the upstream can continue after an id (the route has a resume field). Without
+    /// it, a resume point older than the BFF's log gets `reset`, not an upstream call.
+    fn resumable(&self) -> bool;
+
+    /// Checks the path parameters against the route's rules, before any upstream call.
+    fn check(&self, params: &[(String, String)]) -> Result<(), ParamRejected>;
 
     /// Opens the upstream call. Resolves when the upstream has answered with headers (or an
     /// error); the returned stream yields the mapped events.
-    fn open(&self, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>>;
+    fn open(self: Arc<Self>, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>>;
+}
+
+/// A path parameter that its route's rule refuses (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{rule}")]
+pub struct ParamRejected {
+    /// `invalid_<param>`, such as `invalid_document_id`.
+    pub code: &'static str,
+    /// The rule, for the client: `path parameter document_id must match ^...$`.
+    pub rule: String,
 }
 
 /// A shared handle to a resource, as the router and the hub hold it.
@@ -38,8 +62,9 @@ pub type SharedResource = Arc<dyn Resource>;
 /// What one upstream call asks for and on whose behalf.
 #[derive(Debug, Clone)]
 pub struct Call {
-    /// The validated resource id (for documents: the document id).
-    pub id: String,
+    /// The validated path parameters, by name, as the route's template names them: with the
+    /// route, tenant and user they are the sharing key.
+    pub params: Vec<(String, String)>,
     /// Only events with a sequence above this are wanted; 0 means from the first.
     pub resume_after: u64,
     /// Identity and tracing metadata passed on to the upstream.
@@ -57,6 +82,24 @@ pub struct Identity {
     pub request_id: String,
     /// The W3C `traceparent` of the inbound request, when it had a valid one.
     pub traceparent: Option<String>,
+}
+
+impl Identity {
+    /// Copies the identity into gRPC metadata. Values were validated at the HTTP edge; one
+    /// that still does not fit ASCII metadata is left out rather than failing the call.
+    pub fn attach(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        let pairs = [
+            ("x-user-id", self.user_id.as_deref()),
+            ("x-tenant-id", self.tenant_id.as_deref()),
+            ("x-request-id", Some(self.request_id.as_str())),
+            ("traceparent", self.traceparent.as_deref()),
+        ];
+        for (key, value) in pairs {
+            if let Some(value) = value.and_then(|v| MetadataValue::try_from(v).ok()) {
+                metadata.insert(key, value);
+            }
+        }
+    }
 }
 
 /// An upstream failure, reduced to what the HTTP layer needs: the gRPC code, its message, and

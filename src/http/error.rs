@@ -12,7 +12,7 @@ use tonic::Code;
 
 use crate::{
     sse,
-    upstream::{Fault, UpstreamError},
+    upstream::{Fault, ParamRejected, UpstreamError},
 };
 
 /// Seconds a client is asked to wait after a 429 or 503.
@@ -21,9 +21,10 @@ const RETRY_AFTER_SECS: u64 = 5;
 /// Everything that can go wrong in a request, as the client is told about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The document id is empty, too long or has characters outside `[A-Za-z0-9._-]`.
-    #[error("document id must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
-    InvalidDocumentId,
+    /// A path parameter does not match its route's rule (for `document_id`: 1 to 128
+    /// characters of `[A-Za-z0-9._-]`); the code is `invalid_<param>`.
+    #[error("{0}")]
+    InvalidParameter(ParamRejected),
     /// `Last-Event-ID` (or `lastEventId`) is not 1 to 20 digits.
     #[error("Last-Event-ID must be a decimal sequence number of at most 20 digits")]
     InvalidLastEventId,
@@ -91,7 +92,7 @@ impl ApiError {
     /// The HTTP status, following grpc-gateway's mapping for upstream codes.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidDocumentId => StatusCode::BAD_REQUEST,
+            Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
             Self::NoRoute => StatusCode::NOT_FOUND,
@@ -108,7 +109,7 @@ impl ApiError {
     /// A stable machine-readable code: the gRPC code name in snake case for upstream errors.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidDocumentId => "invalid_document_id",
+            Self::InvalidParameter(rejected) => rejected.code,
             Self::NotAcceptable => "not_acceptable",
             Self::ForbiddenOrigin => "forbidden_origin",
             Self::NoRoute => "no_route",
@@ -133,7 +134,7 @@ impl ApiError {
                 matches!(e.code, Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted)
             }
             Self::ShuttingDown | Self::NotReady(_) | Self::TokenExpired | Self::TooManyStreams(_) => true,
-            Self::InvalidDocumentId
+            Self::InvalidParameter(_)
             | Self::NotAcceptable
             | Self::ForbiddenOrigin
             | Self::NoRoute

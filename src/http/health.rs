@@ -8,7 +8,7 @@ use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, HealthCheck};
 
 /// How long the readiness probe waits for the upstream.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -24,43 +24,44 @@ pub async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
-/// 200 when the upstream reports SERVING, or answers that it has no health service at all
-/// (UNIMPLEMENTED: it is reachable and answers gRPC). 503 otherwise, with a reason that names
-/// the upstream and what failed: NOT_SERVING, an unknown service name, no answer in time, a
-/// refused connection.
+/// 200 when every checked upstream reports SERVING, or answers that it has no health service
+/// at all (UNIMPLEMENTED: it is reachable and answers gRPC); the body has a line per upstream.
+/// 503 otherwise, with a reason that names each failing upstream and what failed: NOT_SERVING,
+/// an unknown service name, no answer in time, a refused connection.
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
-    let upstream = &state.health_target;
-    let service = state.health_service;
-    let mut client = state.health.clone();
-    let request = HealthCheckRequest { service: service.to_owned() };
+    let answers = futures_util::future::join_all(state.health.iter().map(check)).await;
+    let (ready, failed): (Vec<_>, Vec<_>) = answers.into_iter().partition(Result::is_ok);
+    if !failed.is_empty() {
+        let reasons: Vec<String> = failed.into_iter().filter_map(Result::err).collect();
+        return Err(ApiError::NotReady(reasons.join("; ")));
+    }
+    let lines: String = ready.into_iter().filter_map(Result::ok).map(|line| line + "\n").collect();
+    Ok((StatusCode::OK, if lines.is_empty() { "ready\n".to_owned() } else { lines }))
+}
+
+/// One upstream's check: `Ok` with a line for the body, `Err` with the reason.
+async fn check(health: &HealthCheck) -> Result<String, String> {
+    let upstream = &health.upstream;
+    let service = &health.service;
+    let mut client = health.client.clone();
+    let request = HealthCheckRequest { service: service.clone() };
     let answer = match tokio::time::timeout(CHECK_TIMEOUT, client.check(request)).await {
-        Err(_) => {
-            return Err(ApiError::NotReady(format!("upstream {upstream}: no health answer within {CHECK_TIMEOUT:?}")));
-        }
+        Err(_) => return Err(format!("upstream {upstream}: no health answer within {CHECK_TIMEOUT:?}")),
         Ok(Err(status)) if status.code() == Code::Unimplemented => {
-            return Ok((
-                StatusCode::OK,
-                format!("ready: upstream {upstream} answers gRPC and has no grpc.health.v1 service\n"),
-            ));
+            return Ok(format!("ready: upstream {upstream} answers gRPC and has no grpc.health.v1 service"));
         }
         Ok(Err(status)) if status.code() == Code::NotFound => {
-            return Err(ApiError::NotReady(format!(
-                "upstream {upstream} does not know the health service {service:?}"
-            )));
+            return Err(format!("upstream {upstream} does not know the health service {service:?}"));
         }
-        Ok(Err(status)) => {
-            return Err(ApiError::NotReady(format!("upstream {upstream}: health check failed: {}", describe(&status))));
-        }
+        Ok(Err(status)) => return Err(format!("upstream {upstream}: health check failed: {}", describe(&status))),
         Ok(Ok(answer)) => answer.into_inner(),
     };
     match answer.status() {
-        ServingStatus::Serving => Ok((StatusCode::OK, "ready\n".to_owned())),
-        other => {
-            Err(ApiError::NotReady(format!("upstream {upstream} reports {} for {service:?}", other.as_str_name())))
-        }
+        ServingStatus::Serving => Ok(format!("ready: upstream {upstream} serves {service:?}")),
+        other => Err(format!("upstream {upstream} reports {} for {service:?}", other.as_str_name())),
     }
 }
 

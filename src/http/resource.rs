@@ -1,6 +1,6 @@
-//! `GET` on a streamed resource (for documents: `/documents/{document_id}/progress`): validates
-//! the request at the edge, authenticates it, opens the resource's stream through its hub, and
-//! answers in the negotiated representation. Nothing here is specific to documents.
+//! `GET` on a streamed resource (any route: `/documents/{document_id}/progress`, say):
+//! validates the request at the edge, authenticates it, opens the resource's stream through its
+//! hub, and answers in the negotiated representation. Nothing here is specific to a route.
 
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,6 @@ use crate::{
     upstream::{Call, Identity},
 };
 
-/// The longest document id accepted.
-const MAX_DOCUMENT_ID: usize = 128;
 /// The longest inbound `x-request-id` passed on; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 /// `u64::MAX` has 20 digits.
@@ -44,7 +42,7 @@ const POLL_WAIT: (u64, u64) = (25, 60);
 pub async fn stream(
     hub: Hub,
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<Vec<(String, String)>>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -68,11 +66,14 @@ pub async fn stream(
         }
         None => tracing::warn!("serving a stream without authentication (--insecure-no-auth)"),
     }
-    let document_id = path.map_err(|_| ApiError::InvalidDocumentId)?.0;
-    if !valid_document_id(&document_id) {
-        return Err(ApiError::InvalidDocumentId);
-    }
-    span.record("id", document_id.as_str());
+    let resource = hub.resource();
+    let params = match path {
+        Ok(Path(params)) => params,
+        // A parameter that is not valid UTF-8 once decoded: refused by the first rule.
+        Err(_) => Vec::new(),
+    };
+    resource.check(&params).map_err(ApiError::InvalidParameter)?;
+    span.record("id", uri.path());
     let upgrade = upgrade.ok();
     let representation = match upgrade {
         Some(_) => None,
@@ -107,7 +108,7 @@ pub async fn stream(
         direct.filter(|_| matches!(transport, Transport::Sse | Transport::Ndjson)).map(|Extension(connection)| {
             Arc::new(DirectEvents::new(connection, transport == Transport::Ndjson)) as Arc<dyn Sink>
         });
-    let call = Call { id: document_id, resume_after: 0, identity };
+    let call = Call { params, resume_after: 0, identity };
     let subscription = hub.subscribe(call, resume, sink).await.map_err(ApiError::Upstream)?;
     let (reset, events) = match subscription {
         Subscription::Finished { last } if representation == Some(Representation::LongPoll) => {
@@ -188,13 +189,6 @@ fn same_or_allowed_origin(headers: &HeaderMap, uri: &Uri, allowed: &[HeaderValue
     matches!((host, authority), (Some(host), Some(authority)) if host.eq_ignore_ascii_case(authority))
 }
 
-/// 1 to 128 bytes of `[A-Za-z0-9._-]`.
-pub fn valid_document_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_DOCUMENT_ID
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// The identity passed to the upstream. A valid inbound `x-request-id` is kept so logs on both
 /// sides line up; anything else is replaced by a fresh one.
 fn identity(headers: &HeaderMap, principal: Option<&Principal>) -> Identity {
@@ -261,14 +255,6 @@ mod tests {
                 };
                 prop_assert_eq!(parsed.ok(), expected);
             }
-        }
-
-        #[test]
-        fn document_ids_outside_the_alphabet_are_never_valid(id in "[A-Za-z0-9._-]{0,130}|\\PC{0,140}") {
-            let valid = valid_document_id(&id);
-            let expected = (1..=128).contains(&id.len())
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-            prop_assert_eq!(valid, expected);
         }
     }
 }

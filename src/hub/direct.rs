@@ -213,7 +213,7 @@ mod tests {
 
     fn events(ids: std::ops::RangeInclusive<u64>, last: EventKind) -> Vec<Arc<StreamEvent>> {
         let end = *ids.end();
-        ids.map(|id| Arc::new(StreamEvent::new(id, if id == end { last } else { EventKind::Progress }, b"{}", None)))
+        ids.map(|id| Arc::new(StreamEvent::new(id, if id == end { last } else { EventKind::PROGRESS }, b"{}", None)))
             .collect()
     }
 
@@ -221,21 +221,21 @@ mod tests {
     fn a_parked_viewer_gets_only_what_it_lacks_and_stays_parked() {
         let (recorder, parking) = viewer_with(Offer::Written);
         parking.park(5);
-        assert!(parking.deliver(&events(4..=7, EventKind::Progress), Instant::now()));
+        assert!(parking.deliver(&events(4..=7, EventKind::PROGRESS), Instant::now()));
         assert_eq!(*recorder.offered(), [6, 7], "events up to the cursor are not written again");
         assert_eq!(parking.take_written().0, 2);
         assert!(parking.woken().now_or_never().is_none(), "still parked");
-        assert!(!parking.deliver(&events(6..=7, EventKind::Progress), Instant::now()), "nothing new");
+        assert!(!parking.deliver(&events(6..=7, EventKind::PROGRESS), Instant::now()), "nothing new");
         assert_eq!(recorder.offered().len(), 2);
     }
 
     #[test]
     fn a_viewer_that_is_not_parked_is_never_written() {
         let (recorder, parking) = viewer_with(Offer::Written);
-        assert!(!parking.deliver(&events(1..=2, EventKind::Progress), Instant::now()));
+        assert!(!parking.deliver(&events(1..=2, EventKind::PROGRESS), Instant::now()));
         parking.park(0);
         parking.detach();
-        assert!(!parking.deliver(&events(1..=2, EventKind::Progress), Instant::now()));
+        assert!(!parking.deliver(&events(1..=2, EventKind::PROGRESS), Instant::now()));
         assert!(recorder.offered().is_empty());
         assert!(parking.is_detached());
     }
@@ -244,7 +244,7 @@ mod tests {
     fn a_partial_write_hands_the_connection_back_after_the_events_it_took() {
         let (_, parking) = viewer_with(Offer::Held);
         parking.park(1);
-        assert!(parking.deliver(&events(2..=3, EventKind::Progress), Instant::now()));
+        assert!(parking.deliver(&events(2..=3, EventKind::PROGRESS), Instant::now()));
         assert_eq!(parking.woken().now_or_never(), Some(3), "the sink holds the rest of 2 and 3");
     }
 
@@ -252,7 +252,7 @@ mod tests {
     fn a_refused_write_hands_the_connection_back_where_it_was() {
         let (_, parking) = viewer_with(Offer::Refused);
         parking.park(1);
-        assert!(!parking.deliver(&events(2..=3, EventKind::Progress), Instant::now()));
+        assert!(!parking.deliver(&events(2..=3, EventKind::PROGRESS), Instant::now()));
         assert_eq!(parking.woken().now_or_never(), Some(1), "the viewer catches up from 1");
         assert_eq!(parking.take_written().0, 0);
     }
@@ -261,7 +261,7 @@ mod tests {
     fn the_terminal_event_hands_the_connection_back_and_the_end_wakes_the_parked() {
         let (_, parking) = viewer_with(Offer::Written);
         parking.park(1);
-        assert!(parking.deliver(&events(2..=3, EventKind::Completed), Instant::now()));
+        assert!(parking.deliver(&events(2..=3, EventKind::COMPLETED), Instant::now()));
         assert_eq!(parking.woken().now_or_never(), Some(3));
 
         let (_, parked) = viewer_with(Offer::Written);

@@ -19,6 +19,8 @@ use super::{
     direct::{Parking, Sink},
     viewer,
 };
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::{event::StreamEvent, metrics::Metrics, upstream::UpstreamError};
 
 /// A viewer's end of the live broadcast.
@@ -35,6 +37,11 @@ pub(super) struct Shared {
     /// Viewers the driver writes to directly (see `direct.rs`).
     audience: audience::Audience,
     metrics: Arc<Metrics>,
+    /// The route's gauge of attached viewers.
+    viewer_gauge: Gauge,
+    /// `log` retention: a viewer that falls behind catches up from the log (and gets `reset`
+    /// when it fell out of it), instead of skipping to the latest event.
+    log: bool,
 }
 
 #[derive(Debug)]
@@ -94,7 +101,7 @@ impl Drop for ViewerGuard {
             self.shared.audience.forget(parking);
         }
         self.shared.viewers.send_modify(|n| *n = n.saturating_sub(1));
-        self.shared.metrics.viewer_attached(false);
+        self.shared.viewer_gauge.dec();
     }
 }
 
@@ -186,7 +193,7 @@ impl Shared {
         sink: Option<&Arc<dyn Sink>>,
     ) -> Attach {
         self.viewers.send_modify(|n| *n += 1);
-        self.metrics.viewer_attached(true);
+        self.viewer_gauge.inc();
         let parking = sink.map(|sink| Arc::new(Parking::new(Arc::clone(sink))));
         let guard = ViewerGuard { shared: Arc::clone(self), parking };
         let live = from_start.or_else(|| state.live.as_ref().map(broadcast::Sender::subscribe));
@@ -208,16 +215,24 @@ impl Shared {
         true
     }
 
-    /// A fresh receiver and the events after `cursor`, for a viewer the driver woke. One that
-    /// fell behind the log gets only the latest event.
-    pub(super) fn resume(&self, cursor: u64) -> (Option<Receiver>, Vec<Arc<StreamEvent>>) {
+    /// A fresh receiver and the events after `cursor`, for a viewer the driver woke or one of
+    /// a `log` route that fell behind. One that fell out of the log gets only the latest event,
+    /// and `true`: events were lost.
+    pub(super) fn resume(&self, cursor: u64) -> (Option<Receiver>, Vec<Arc<StreamEvent>>, bool) {
         let state = self.lock();
         let receiver = state.live.as_ref().map(broadcast::Sender::subscribe);
-        let backlog = match state.log.front() {
-            Some(first) if cursor + 1 >= first.id => state.log.iter().filter(|e| e.id > cursor).cloned().collect(),
-            _ => state.log.back().filter(|e| e.id > cursor).cloned().into_iter().collect(),
-        };
-        (receiver, backlog)
+        match state.log.front() {
+            Some(first) if cursor + 1 >= first.id => {
+                (receiver, state.log.iter().filter(|e| e.id > cursor).cloned().collect(), false)
+            }
+            Some(_) => (receiver, state.log.back().filter(|e| e.id > cursor).cloned().into_iter().collect(), true),
+            None => (receiver, Vec::new(), false),
+        }
+    }
+
+    /// Whether a viewer that falls behind catches up from the log (`log` retention).
+    pub(super) fn keeps_every_event(&self) -> bool {
+        self.log
     }
 
     /// A fresh receiver and the latest event, for a viewer that fell behind.

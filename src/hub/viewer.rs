@@ -29,8 +29,9 @@ use crate::{event::StreamEvent, upstream::UpstreamError};
 pub enum Delivery {
     /// The next event.
     Event(Arc<StreamEvent>),
-    /// The viewer's resume point lies beyond the call's end (a resource redone under the same
-    /// id, say): what it had belongs to another run. The terminal event follows.
+    /// What the viewer had cannot be continued: its resume point lies beyond the call's end (a
+    /// resource redone under the same id, say; the terminal event follows), or it fell out of
+    /// a `log` route's replay log (events were lost; the latest follows).
     Reset,
     /// The error that ended the upstream call; nothing follows.
     Failed(UpstreamError),
@@ -121,7 +122,11 @@ pub(super) fn shared(
                     // Parked viewers hold no receiver: the broadcast keeps nothing for them.
                     drop(live.take());
                     cursor = parking.woken().await;
-                    (live, backlog) = shared.resume(cursor);
+                    let gap;
+                    (live, backlog, gap) = shared.resume(cursor);
+                    if gap && shared.keeps_every_event() {
+                        yield Delivery::Reset;
+                    }
                     continue;
                 }
                 Step::Received(received) => received,
@@ -129,6 +134,15 @@ pub(super) fn shared(
             match received {
                 Ok(event) if event.id <= cursor => {}
                 Ok(event) => backlog.push(event),
+                Err(RecvError::Lagged(_)) if shared.keeps_every_event() => {
+                    // Every event matters (a log): catch up from the replay log, and say so
+                    // when the viewer fell out of it.
+                    let gap;
+                    (live, backlog, gap) = shared.resume(cursor);
+                    if gap {
+                        yield Delivery::Reset;
+                    }
+                }
                 Err(RecvError::Lagged(skipped)) => {
                     // Progress is state: a viewer that fell behind jumps to the latest update
                     // instead of buffering the ones it missed.

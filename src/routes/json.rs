@@ -150,7 +150,7 @@ fn float<S: Serializer>(serializer: S, value: f64) -> Result<S::Ok, S::Error> {
 }
 
 /// RFC 3339 in UTC with all nine fractional digits (`timestamps = "nanos"`).
-fn rfc3339_nanos(mut timestamp: prost_types::Timestamp) -> String {
+pub fn rfc3339_nanos(mut timestamp: prost_types::Timestamp) -> String {
     timestamp.normalize();
     let nanos = timestamp.nanos;
     timestamp.nanos = 0;

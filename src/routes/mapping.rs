@@ -116,4 +116,6 @@ pub fn field_value(field: &FieldDescriptor, text: &str) -> Option<Value> {
 }
 
 #[cfg(test)]
+mod reference;
+#[cfg(test)]
 mod tests;

@@ -124,7 +124,11 @@ async fn every_gauge_is_back_to_zero_after_the_viewer_left_and_the_linger_passed
     let mut reader = SseReader::new(app.open_progress(&fresh("slow")).await);
     assert!(matches!(reader.next_event().await, Some(Frame::Event { .. })), "the stream delivers");
     let during = app.metrics().await;
-    assert_eq!(sample(&during, "sse_bff_upstream_calls_active"), Some(1.0), "one call while streaming:\n{during}");
+    assert_eq!(
+        sample(&during, r#"sse_bff_upstream_calls_active{route="/documents/{document_id}/progress"}"#),
+        Some(1.0),
+        "one call while streaming:\n{during}"
+    );
     assert!(gauges(&during).iter().any(|(_, v)| *v > 0.0), "the open stream shows in the gauges:\n{during}");
 
     // The user reads for a while, then closes the tab.
@@ -135,7 +139,10 @@ async fn every_gauge_is_back_to_zero_after_the_viewer_left_and_the_linger_passed
 
     let settled = settle_metrics(&app, |text| {
         let raised: Vec<_> = gauges(text).into_iter().filter(|(_, v)| *v != 0.0).collect();
-        let ended = sample(text, r#"sse_bff_upstream_calls_ended_total{code="cancelled"}"#);
+        let ended = sample(
+            text,
+            r#"sse_bff_upstream_calls_ended_total{route="/documents/{document_id}/progress",code="cancelled"}"#,
+        );
         match (raised.is_empty(), ended) {
             (true, Some(1.0)) => None,
             _ => Some(format!("gauges not at 0: {raised:?}; ended{{code=\"cancelled\"}}: {ended:?}")),

@@ -26,9 +26,9 @@ async fn metrics_show_streams_upstream_calls_and_auth_failures_without_ids() {
     let text = response.text().await.unwrap();
     for line in [
         r#"sse_bff_open_streams{route="/documents/{document_id}/progress",transport="sse"} 3"#,
-        "sse_bff_upstream_calls_active 1",
-        "sse_bff_upstream_calls_started_total 1",
-        "sse_bff_shared_viewers 3",
+        r#"sse_bff_upstream_calls_active{route="/documents/{document_id}/progress"} 1"#,
+        r#"sse_bff_upstream_calls_started_total{route="/documents/{document_id}/progress"} 1"#,
+        r#"sse_bff_shared_viewers{route="/documents/{document_id}/progress"} 3"#,
         r#"sse_bff_auth_failures_total{reason="malformed"} 1"#,
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");

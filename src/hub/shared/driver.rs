@@ -19,6 +19,7 @@ use super::{End, Receiver, Shared, State, audience::Audience};
 use crate::{
     event::StreamEvent,
     hub::HubSettings,
+    routes::Retention,
     upstream::{Call, EventStream, SharedResource, UpstreamError},
 };
 
@@ -55,6 +56,8 @@ impl Shared {
             changed: watch::channel(()).0,
             audience: Audience::default(),
             metrics: Arc::clone(&settings.metrics),
+            viewer_gauge: settings.metrics.shared_viewers(resource.route()),
+            log: settings.retention == Retention::Log,
         });
         let driver = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -86,7 +89,7 @@ impl Shared {
         loop {
             call.resume_after = last;
             // Dropped with this future when the call is cancelled: it then counts as `cancelled`.
-            let counted = self.metrics.upstream_started();
+            let counted = self.metrics.upstream_started(resource.route());
             let attempt = self.attempt(resource, &call, &mut last, settings).await;
             counted.end(attempt.as_ref().err().map_or("ok", |broken| broken.error.code_name()));
             let error = match attempt {
@@ -121,7 +124,7 @@ impl Shared {
         settings: &HubSettings,
     ) -> Result<(), Broken> {
         let mut received = false;
-        let mut events = resource.open(call.clone()).await.map_err(|error| Broken { error, received })?;
+        let mut events = Arc::clone(resource).open(call.clone()).await.map_err(|error| Broken { error, received })?;
         loop {
             let next = tokio::time::timeout(settings.idle_timeout, next_batch(&mut events)).await;
             let (batch, failure) = next.unwrap_or_else(|_| {

@@ -1,5 +1,5 @@
 //! The generic mapping against the compiled one: the built-in document route must give the
-//! bytes `upstream/docproc.rs` gives today. Also the oneof and fixed namings, and requests.
+//! bytes the compiled mapping gave (`reference.rs`). Also the oneof and fixed namings, and requests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,8 +14,9 @@ use crate::{
         docproc::v1::{ProcessingStatus, ProcessingUpdate},
     },
     routes::{MapError, Route, RouteTable, RoutesFile, validate},
-    upstream::docproc::map_update,
 };
+
+use super::reference::map_update;
 
 fn document_route() -> Route {
     let table = RouteTable::built_in(&["http://127.0.0.1:50051".to_owned()]).expect("the built-in table is valid");
@@ -39,11 +40,11 @@ fn update(sequence: u64, status: ProcessingStatus, message: &str, nanos: i32) ->
 fn assert_same(route: &Route, update: ProcessingUpdate) {
     let dynamic = DynamicMessage::decode(route.method.output(), update.encode_to_vec().as_slice()).unwrap();
     let generic = route.map(&dynamic).unwrap();
-    let compiled = map_update(update).unwrap();
+    let compiled = map_update(&update).unwrap();
     assert_eq!(String::from_utf8_lossy(&generic.data), String::from_utf8_lossy(&compiled.data), "data differs");
-    assert_eq!(generic.data, compiled.data.as_ref());
-    assert_eq!(generic.name, compiled.kind.name());
-    assert_eq!(generic.terminal, compiled.kind.is_terminal());
+    assert_eq!(generic.data, compiled.data);
+    assert_eq!(generic.name, compiled.name);
+    assert_eq!(generic.terminal, compiled.terminal);
     assert_eq!(generic.id, Some(compiled.id));
 }
 
@@ -67,13 +68,13 @@ fn messages_the_compiled_mapping_refuses_are_refused() {
     let mut unspecified = update(3, ProcessingStatus::Running, "", 0);
     unspecified.status = 0;
     assert!(matches!(route.map(&decode(unspecified.clone()).unwrap()), Err(MapError::Enum { value: 0, .. })));
-    assert!(map_update(unspecified).is_err());
+    assert!(map_update(&unspecified).is_none());
     let mut unknown = update(3, ProcessingStatus::Running, "", 0);
     unknown.status = 99;
     assert!(matches!(route.map(&decode(unknown).unwrap()), Err(MapError::Enum { value: 99, .. })));
     let zero = update(0, ProcessingStatus::Running, "", 0);
     assert!(matches!(route.map(&decode(zero.clone()).unwrap()), Err(MapError::Id { .. })));
-    assert!(map_update(zero).is_err());
+    assert!(map_update(&zero).is_none());
 }
 
 proptest! {
@@ -171,4 +172,14 @@ fn enum_prefixes_follow_protobufs_style_guide() {
     assert_eq!(super::upper_snake("HTTPCode"), "HTTP_CODE");
     assert_eq!(super::upper_snake("LogStream2Kind"), "LOG_STREAM2_KIND");
     assert_eq!(super::upper_snake("Status"), "STATUS");
+}
+
+proptest! {
+    #[test]
+    fn the_document_id_rule_is_the_contracts(id in "[A-Za-z0-9._-]{0,130}|\\PC{0,140}") {
+        let route = document_route();
+        let expected = (1..=128).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        prop_assert_eq!(route.params[0].pattern.is_match(&id), expected);
+    }
 }

@@ -1,0 +1,244 @@
+//! Any server-streaming method as a [`Resource`]: one route of the route table. The request is
+//! built from the route's fixed fields, the path parameters and the resume point; every
+//! response message is decoded as a `DynamicMessage` of the method's output type and mapped to
+//! a [`StreamEvent`] by the route's options (`routes/mapping.rs`). Nothing here knows which
+//! service it calls.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures_util::{StreamExt as _, future::BoxFuture};
+use http::uri::PathAndQuery;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
+use tonic::{
+    Code, Status,
+    client::Grpc,
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+};
+
+use super::{Call, EventStream, Limited, ParamRejected, Resource, Undecodable, UpstreamError, UpstreamPool};
+use crate::{
+    event::{EventKind, StreamEvent},
+    routes::{Retention, Route},
+};
+
+/// One route served by calling its upstream.
+#[derive(Debug)]
+pub struct RouteResource {
+    route: Route,
+    /// The path template, made static once (see [`EventKind`]).
+    path: &'static str,
+    /// Every event name the route can produce, made static once.
+    kinds: HashMap<String, EventKind>,
+    /// `invalid_<param>`, the error code of each path parameter, made static once.
+    param_codes: HashMap<String, &'static str>,
+    /// `/package.Service/Method`.
+    grpc_path: PathAndQuery,
+    /// The response's first top-level Timestamp field, taken as when the upstream produced the
+    /// event (for the delivery-lag metric).
+    emitted_at: Option<FieldDescriptor>,
+    pool: Arc<UpstreamPool>,
+    deadline: Duration,
+    max_message_bytes: usize,
+}
+
+/// Why a route cannot be served.
+#[derive(Debug, thiserror::Error)]
+#[error("route {path}: {message}")]
+pub struct RouteResourceError {
+    /// The route's path template.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl RouteResource {
+    /// Serves `route` by calling through `pool`; each call carries `deadline` as its gRPC
+    /// timeout, and a message over `max_message_bytes` ends it as the upstream's fault.
+    ///
+    /// The path template, event names and parameter codes are leaked into `&'static str` once
+    /// here: a bounded set, fixed for the life of the process.
+    pub fn new(
+        route: Route,
+        pool: Arc<UpstreamPool>,
+        deadline: Duration,
+        max_message_bytes: usize,
+    ) -> Result<Self, RouteResourceError> {
+        let fail = |message: String| RouteResourceError { path: route.path.clone(), message };
+        let mut kinds = HashMap::new();
+        for name in route.event_names().into_iter().chain(route.terminal.is_empty().then(|| "end".to_owned())) {
+            let terminal = route.terminal.contains(&name) || (route.terminal.is_empty() && name == "end");
+            let kind = EventKind::new(leak(&name), terminal).ok_or_else(|| fail(format!("bad event name {name:?}")))?;
+            kinds.insert(name, kind);
+        }
+        let param_codes = route.params.iter().map(|p| (p.name.clone(), leak(&format!("invalid_{}", p.name)))).collect();
+        let method = &route.method;
+        let grpc_path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+        let grpc_path = PathAndQuery::try_from(grpc_path).map_err(|e| fail(format!("method path: {e}")))?;
+        let emitted_at = method.output().fields().find(|f| is_timestamp(f) && !f.is_list());
+        Ok(Self {
+            path: leak(&route.path),
+            route,
+            kinds,
+            param_codes,
+            grpc_path,
+            emitted_at,
+            pool,
+            deadline,
+            max_message_bytes,
+        })
+    }
+
+    /// The event of one message. `last` is the id of the previous event of this call, for a
+    /// route that numbers its events itself.
+    fn event(&self, message: &DynamicMessage, last: &mut u64) -> Result<StreamEvent, UpstreamError> {
+        // A message the route cannot name or number breaks the service's own contract.
+        let mapped = self.route.map(message).map_err(|e| UpstreamError::new(Code::Internal, e.to_string()))?;
+        let id = mapped.id.unwrap_or(*last + 1);
+        *last = id;
+        let kind = self.kinds.get(mapped.name).copied().unwrap_or(EventKind::PROGRESS);
+        let emitted_at = self.emitted_at.as_ref().and_then(|field| {
+            let value = message.get_field(field);
+            let at = value.as_message()?.transcode_to::<prost_types::Timestamp>().ok()?;
+            std::time::SystemTime::try_from(at).ok()
+        });
+        Ok(StreamEvent::new(id, kind, &mapped.data, emitted_at))
+    }
+}
+
+impl Resource for RouteResource {
+    fn route(&self) -> &'static str {
+        self.path
+    }
+
+    fn retention(&self) -> Retention {
+        self.route.retention
+    }
+
+    fn replay(&self) -> usize {
+        self.route.replay
+    }
+
+    fn resumable(&self) -> bool {
+        self.route.resume.is_some()
+    }
+
+    fn check(&self, params: &[(String, String)]) -> Result<(), ParamRejected> {
+        for param in &self.route.params {
+            let value = params.iter().find(|(name, _)| *name == param.name).map_or("", |(_, v)| v.as_str());
+            if !param.pattern.is_match(value) {
+                let code = self.param_codes.get(&param.name).copied().unwrap_or("invalid_parameter");
+                let rule = format!("path parameter {} must match {}", param.name, param.pattern.as_str());
+                return Err(ParamRejected { code, rule });
+            }
+        }
+        Ok(())
+    }
+
+    fn open(self: Arc<Self>, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
+        Box::pin(async move {
+            let params: Vec<(&str, &str)> = call.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let message = self
+                .route
+                .build_request(&params, call.resume_after)
+                .map_err(|e| UpstreamError::new(Code::InvalidArgument, e.to_string()))?;
+            let lease = self.pool.lease();
+            // The limit bounds the memory one upstream message may take; `Limited` refuses a
+            // larger one by its length prefix, as an error of its own type.
+            let limit = self.max_message_bytes;
+            let mut client = Grpc::new(Limited::new(lease.channel.clone(), limit)).max_decoding_message_size(limit);
+            let mut request = tonic::Request::new(message);
+            request.set_timeout(self.deadline);
+            call.identity.attach(request.metadata_mut());
+            client
+                .ready()
+                .await
+                .map_err(|e| UpstreamError::new(Code::Unavailable, format!("upstream not ready: {e}")))?;
+            let codec = DynamicCodec { output: self.route.method.output() };
+            let response = client.server_streaming(request, self.grpc_path.clone(), codec).await?;
+            let mut messages = response.into_inner();
+            let resource = Arc::clone(&self);
+            let events = async_stream::stream! {
+                // The lease travels with the stream: the connection counts the call until it ends.
+                let _lease = lease;
+                let mut last = call.resume_after;
+                while let Some(item) = messages.next().await {
+                    let event = item.map_err(UpstreamError::from).and_then(|m| resource.event(&m, &mut last));
+                    let failed = event.is_err();
+                    yield event;
+                    if failed {
+                        return;
+                    }
+                }
+                // A route without terminal names ends when the upstream ends with OK.
+                if resource.route.terminal.is_empty() {
+                    yield Ok(StreamEvent::new(last + 1, EventKind::END, b"{}", None));
+                }
+            };
+            Ok(Box::pin(events) as EventStream)
+        })
+    }
+}
+
+fn leak(text: &str) -> &'static str {
+    Box::leak(text.to_owned().into_boxed_str())
+}
+
+fn is_timestamp(field: &FieldDescriptor) -> bool {
+    matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp")
+}
+
+/// Encodes the request and decodes responses as `DynamicMessage`s of the method's output type,
+/// with a small initial decode buffer (messages are a few hundred bytes, and a buffer is held by
+/// every open call; it grows up to the decode limit).
+#[derive(Debug, Clone)]
+struct DynamicCodec {
+    output: MessageDescriptor,
+}
+
+impl Codec for DynamicCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = DynamicEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> DynamicEncoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> DynamicDecoder {
+        DynamicDecoder { output: self.output.clone() }
+    }
+}
+
+#[derive(Debug)]
+struct DynamicEncoder;
+
+impl Encoder for DynamicEncoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst).map_err(|e| Status::internal(format!("cannot encode the request: {e}")))
+    }
+}
+
+#[derive(Debug)]
+struct DynamicDecoder {
+    output: MessageDescriptor,
+}
+
+impl Decoder for DynamicDecoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
+        DynamicMessage::decode(self.output.clone(), src)
+            .map(Some)
+            .map_err(|e| Status::from_error(Box::new(Undecodable(e.to_string()))))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(512, 32 * 1024)
+    }
+}
