@@ -1,40 +1,34 @@
 //! `sse-bff upstream-sim`: a realistic DocumentProcessor gRPC service scripted from fixtures,
-//! with grpc.health.v1 and server reflection so grpcurl works without proto files.
+//! plus any server-streaming service played from its descriptors and JSON scripts (by default the
+//! CI build-log example), with grpc.health.v1 and server reflection so grpcurl works without proto
+//! files.
 //!
 //! It also counts what it sees ([`SimStats`]), so tests can assert how many upstream calls the
 //! BFF made, with which metadata, and when a call was cancelled.
 
+mod docproc;
+pub mod dynamic;
 mod job;
 mod script;
 mod stats;
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use tokio::{net::TcpListener, sync::mpsc};
+use clap::Parser as _;
+use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, transport::Server};
+use tonic::{server::NamedService as _, service::Routes, transport::Server};
+use tonic_health::ServingStatus;
 
+pub use dynamic::{DescriptorSetError, DynamicServices};
 pub use script::{Script, ScriptError};
 pub use stats::{SeenCall, SimStats};
 
-use self::job::Job;
-use clap::Parser as _;
-
+use self::{docproc::SimService, dynamic::Player};
 use crate::config::{Cli, Command};
-use crate::pb::{
-    self,
-    docproc::v1::{
-        ProcessDocumentRequest, ProcessingUpdate,
-        document_processor_server::{DocumentProcessor, DocumentProcessorServer},
-    },
-};
+use crate::pb::{self, docproc::v1::document_processor_server::DocumentProcessorServer};
 
 /// How the simulator is run.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,6 +54,14 @@ pub struct SimConfig {
     /// Message size of the `steady` job's updates, in bytes.
     #[arg(long, env = "SSE_BFF_SIM_STEADY_MESSAGE_BYTES", default_value_t = 64)]
     pub steady_message_bytes: usize,
+    /// FileDescriptorSet files whose server-streaming methods are played from scripts; the
+    /// built-in CI build-log example when none is given.
+    #[arg(long = "descriptor-set", env = "SSE_BFF_SIM_DESCRIPTOR_SETS", value_delimiter = ',')]
+    pub descriptor_sets: Vec<PathBuf>,
+    /// Directories of service scripts (*.json) for those methods; the built-in build scripts
+    /// when none is given (and no descriptor set either).
+    #[arg(long = "scripts", env = "SSE_BFF_SIM_SCRIPTS", value_delimiter = ',')]
+    pub scripts: Vec<PathBuf>,
 }
 
 impl SimConfig {
@@ -92,6 +94,9 @@ pub enum SimError {
     /// The scripts did not load.
     #[error(transparent)]
     Script(#[from] ScriptError),
+    /// A descriptor set could not be used.
+    #[error(transparent)]
+    DescriptorSet(#[from] DescriptorSetError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -112,30 +117,28 @@ pub enum SimError {
 #[derive(Debug)]
 pub struct Sim {
     listener: TcpListener,
-    service: SimService,
+    docproc: SimService,
+    dynamic: DynamicServices,
+    player: Player,
     max_concurrent_streams: Option<u32>,
 }
 
 impl Sim {
-    /// Loads the scripts and binds the listen address.
+    /// Loads and checks every script and descriptor set, then binds the listen address.
     pub async fn build(config: SimConfig) -> Result<Self, SimError> {
         let mut scripts = script::load(&config.fixtures)?;
         if config.steady_rate > 0.0 {
             scripts.insert("steady".to_owned(), Script::steady(config.steady_rate, config.steady_message_bytes));
         }
+        let dynamic = DynamicServices::load(&config.descriptor_sets, &config.scripts)?;
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| SimError::Bind { addr: config.listen, source })?;
-        let service = SimService {
-            inner: Arc::new(Inner {
-                scripts,
-                jobs: Mutex::new(HashMap::new()),
-                speed: config.speed,
-                retain: usize::try_from(config.retain).unwrap_or(usize::MAX),
-                stats: Arc::new(SimStats::default()),
-                shutdown: CancellationToken::new(),
-            }),
-        };
-        Ok(Self { listener, service, max_concurrent_streams: config.max_concurrent_streams })
+        let player =
+            Player { speed: config.speed, stats: Arc::new(SimStats::default()), shutdown: CancellationToken::new() };
+        let retain = usize::try_from(config.retain).unwrap_or(usize::MAX);
+        let docproc =
+            SimService::new(scripts, config.speed, retain, Arc::clone(&player.stats), player.shutdown.clone());
+        Ok(Self { listener, docproc, dynamic, player, max_concurrent_streams: config.max_concurrent_streams })
     }
 
     /// The bound address (useful with port 0).
@@ -143,26 +146,18 @@ impl Sim {
         self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    /// What the simulator has seen so far; stays valid after `run` has taken the simulator.
+    /// What the simulator has seen so far, over every service; stays valid after `run` has taken
+    /// the simulator.
     pub fn stats(&self) -> Arc<SimStats> {
-        Arc::clone(&self.service.inner.stats)
+        Arc::clone(&self.player.stats)
     }
 
-    /// Serves until `shutdown` is cancelled; running jobs stop with it.
+    /// Serves until `shutdown` is cancelled; running jobs and calls stop with it.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SimError> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<DocumentProcessorServer<SimService>>().await;
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection().build_v1()?;
-        // grpcurl 1.8 still speaks the v1alpha reflection protocol.
-        let reflection_v1alpha = reflection().build_v1alpha()?;
-        let jobs_shutdown = self.service.inner.shutdown.clone();
+        let routes = self.routes().await?;
+        let calls_shutdown = self.player.shutdown.clone();
         let addr = self.local_addr();
-        tracing::info!(%addr, "upstream simulator listening");
+        tracing::info!(%addr, services = ?self.dynamic.service_names().collect::<Vec<_>>(), "upstream simulator listening");
         // Updates are small writes: without TCP_NODELAY, Nagle holds one back until the previous
         // is acknowledged, and a delayed ACK makes that 40 ms.
         let incoming = TcpListenerStream::new(self.listener).map(|stream| {
@@ -172,107 +167,47 @@ impl Sim {
         });
         let result = Server::builder()
             .max_concurrent_streams(self.max_concurrent_streams)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(DocumentProcessorServer::new(self.service))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.cancelled().await;
                 // Open streams would hold a graceful shutdown forever; end them first.
-                jobs_shutdown.cancel();
+                calls_shutdown.cancel();
             })
             .await;
         Ok(result?)
     }
-}
 
-#[derive(Debug, Clone)]
-struct SimService {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    scripts: HashMap<String, Script>,
-    jobs: Mutex<HashMap<String, Arc<Job>>>,
-    speed: f64,
-    retain: usize,
-    stats: Arc<SimStats>,
-    shutdown: CancellationToken,
-}
-
-impl Inner {
-    /// The script of a document the caller may see. With a tenant (an authenticated caller), a
-    /// document of another tenant and an unknown one get the same PERMISSION_DENIED, so callers
-    /// cannot probe which ids exist (AIP-193). Without one (a BFF running without auth), any
-    /// document is visible and unknown ones are NOT_FOUND.
-    fn authorize(&self, document_id: &str, tenant: Option<&str>) -> Result<&Script, Status> {
-        let script = self.script_for(document_id);
-        match (script, tenant) {
-            (Some(script), Some(tenant)) if script.tenant.as_deref().is_none_or(|owner| owner == tenant) => Ok(script),
-            (_, Some(_)) => {
-                Err(Status::permission_denied("the document does not exist or is not accessible to this tenant"))
-            }
-            (Some(script), None) => Ok(script),
-            (None, None) => Err(Status::not_found(format!("document {document_id:?} not found"))),
+    /// Every service: health and reflection naming all the others, the built-in
+    /// DocumentProcessor, and one route per method played from scripts.
+    async fn routes(&self) -> Result<Routes, SimError> {
+        let docproc = DocumentProcessorServer::<SimService>::NAME;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let served: Vec<&str> = std::iter::once(docproc).chain(self.dynamic.service_names()).collect();
+        for name in &served {
+            health.set_service_status(name, ServingStatus::Serving).await;
         }
-    }
-
-    /// The script of a document: the one named exactly so, else the one named by the part
-    /// before the first `.` (`doc-1.a7f3` plays `doc-1` as a job of its own), so demos and load
-    /// tests can start as many fresh jobs as they like.
-    fn script_for(&self, document_id: &str) -> Option<&Script> {
-        self.scripts.get(document_id).or_else(|| {
-            let (base, _) = document_id.split_once('.')?;
-            self.scripts.get(base)
-        })
-    }
-
-    /// The running (or finished) job of a document, started on the first call.
-    fn job(&self, document_id: &str, script: &Script) -> Arc<Job> {
-        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        let job = jobs.entry(document_id.to_owned()).or_insert_with(|| {
-            Job::start(document_id.to_owned(), script.clone(), self.speed, self.retain, self.shutdown.child_token())
-        });
-        Arc::clone(job)
-    }
-}
-
-#[tonic::async_trait]
-impl DocumentProcessor for SimService {
-    type ProcessDocumentStream = ReceiverStream<Result<ProcessingUpdate, Status>>;
-
-    async fn process_document(
-        &self,
-        request: Request<ProcessDocumentRequest>,
-    ) -> Result<Response<Self::ProcessDocumentStream>, Status> {
-        let seen = SeenCall::from_request(&request);
-        let tenant = seen.tenant_id.clone();
-        let request = request.into_inner();
-        let inner = &self.inner;
-        inner.stats.record_call(seen);
-        let script = inner.authorize(&request.document_id, tenant.as_deref())?;
-        if let Some(reject) = &script.reject {
-            return Err(reject.to_status());
-        }
-        let job = inner.job(&request.document_id, script);
-        if !job.can_resume_after(request.resume_after) {
-            return Err(Status::out_of_range(format!(
-                "resume_after {} is older than the updates still kept",
-                request.resume_after
-            )));
-        }
-        let (tx, rx) = mpsc::channel(16);
-        let stats = Arc::clone(&inner.stats);
-        let shutdown = inner.shutdown.clone();
-        stats.call_started();
-        tokio::spawn(async move {
-            let cancelled = tokio::select! {
-                cancelled = job.forward(request.resume_after, tx) => cancelled,
-                () = shutdown.cancelled() => false,
-            };
-            stats.call_ended(cancelled);
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let reflection = |own: &str| {
+            // The first file of a name wins, so the built-in services' own files go first.
+            let builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            let builder = self
+                .dynamic
+                .encoded_sets()
+                .fold(builder, |builder, set| builder.register_encoded_file_descriptor_set(set));
+            // Named one by one, so a descriptor set's unserved services are not advertised.
+            [own, "grpc.health.v1.Health"]
+                .into_iter()
+                .chain(served.iter().copied())
+                .fold(builder, |b, name| b.with_service_name(name))
+        };
+        let reflection_v1 = reflection("grpc.reflection.v1.ServerReflection").build_v1()?;
+        // grpcurl 1.8 still speaks the v1alpha reflection protocol.
+        let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
+        let routes = Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(DocumentProcessorServer::new(self.docproc.clone()));
+        Ok(Routes::from(self.dynamic.route(routes.into_axum_router(), &self.player)))
     }
 }

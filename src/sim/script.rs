@@ -42,6 +42,38 @@ pub enum ScriptError {
         /// The document id.
         document_id: String,
     },
+    /// A service script names a method the simulator cannot play from it.
+    #[error("script {file}: method {method:?} {reason}")]
+    Method {
+        /// The file.
+        file: String,
+        /// The method as the script names it.
+        method: String,
+        /// What is wrong with it, e.g. "is not server-streaming".
+        reason: &'static str,
+    },
+    /// A request or message of a service script is not valid proto3 JSON of its type.
+    #[error("script {file}: {place} is not a valid {type_name}: {source}")]
+    Message {
+        /// The file.
+        file: String,
+        /// `request` or `messages[i]`.
+        place: String,
+        /// The full name of the message type.
+        type_name: String,
+        /// What the proto3 JSON mapping said.
+        source: serde_json::Error,
+    },
+    /// Two service scripts answer the same request.
+    #[error("script {file}: {method} with this request is already scripted by {first}")]
+    DuplicateRequest {
+        /// The second file.
+        file: String,
+        /// The method.
+        method: String,
+        /// The first file.
+        first: String,
+    },
 }
 
 /// One scripted job.
@@ -162,10 +194,27 @@ impl Script {
 /// Loads every `*.json` file of the given directories, or the embedded scripts when none is
 /// given.
 pub fn load(dirs: &[impl AsRef<Path>]) -> Result<HashMap<String, Script>, ScriptError> {
-    let mut files = Vec::new();
-    if dirs.is_empty() {
-        files.extend(EMBEDDED.iter().map(|(name, text)| ((*name).to_owned(), (*text).to_owned())));
+    let files = if dirs.is_empty() { embedded(EMBEDDED) } else { read_dirs(dirs)? };
+    let mut scripts = HashMap::new();
+    for (file, text) in files {
+        let script: Script =
+            serde_json::from_str(&text).map_err(|source| ScriptError::Parse { file: file.clone(), source })?;
+        if scripts.contains_key(&script.document_id) {
+            return Err(ScriptError::Duplicate { file, document_id: script.document_id });
+        }
+        scripts.insert(script.document_id.clone(), script);
     }
+    Ok(scripts)
+}
+
+/// The embedded files as (name, text) pairs.
+pub(super) fn embedded(files: &[(&str, &str)]) -> Vec<(String, String)> {
+    files.iter().map(|(name, text)| ((*name).to_owned(), (*text).to_owned())).collect()
+}
+
+/// Every `*.json` file of the given directories as (path, text), each directory in name order.
+pub(super) fn read_dirs(dirs: &[impl AsRef<Path>]) -> Result<Vec<(String, String)>, ScriptError> {
+    let mut files = Vec::new();
     for dir in dirs {
         let dir = dir.as_ref();
         let read_err = |source| ScriptError::Read { path: dir.display().to_string(), source };
@@ -181,16 +230,7 @@ pub fn load(dirs: &[impl AsRef<Path>]) -> Result<HashMap<String, Script>, Script
             files.push((path.display().to_string(), text));
         }
     }
-    let mut scripts = HashMap::new();
-    for (file, text) in files {
-        let script: Script =
-            serde_json::from_str(&text).map_err(|source| ScriptError::Parse { file: file.clone(), source })?;
-        if scripts.contains_key(&script.document_id) {
-            return Err(ScriptError::Duplicate { file, document_id: script.document_id });
-        }
-        scripts.insert(script.document_id.clone(), script);
-    }
-    Ok(scripts)
+    Ok(files)
 }
 
 fn code_from_name(name: &str) -> Code {

@@ -10,6 +10,7 @@ use std::{
 };
 
 use tokio::sync::watch;
+use tonic::metadata::MetadataMap;
 
 use crate::pb::docproc::v1::ProcessDocumentRequest;
 
@@ -26,9 +27,13 @@ pub struct SimStats {
 /// One call as the simulator received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenCall {
-    /// The requested document.
+    /// The method, as `package.Service/Method`.
+    pub method: String,
+    /// The request in proto3 JSON, every field included (`{"project": "web", "buildNumber": "42"}`).
+    pub request: serde_json::Value,
+    /// The requested document (DocumentProcessor calls only; empty for other methods).
     pub document_id: String,
-    /// The requested resume point.
+    /// The requested resume point (DocumentProcessor calls only; 0 for other methods).
     pub resume_after: u64,
     /// `x-user-id` metadata.
     pub user_id: Option<String>,
@@ -116,11 +121,27 @@ impl SimStats {
 }
 
 impl SeenCall {
+    /// A DocumentProcessor call.
     pub(super) fn from_request(request: &tonic::Request<ProcessDocumentRequest>) -> Self {
-        let meta = |key: &str| request.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = request.get_ref();
+        let json = serde_json::json!({
+            "documentId": body.document_id,
+            "resumeAfter": body.resume_after.to_string(),
+        });
+        let mut seen = Self::new("docproc.v1.DocumentProcessor/ProcessDocument", json, request.metadata());
+        seen.document_id.clone_from(&body.document_id);
+        seen.resume_after = body.resume_after;
+        seen
+    }
+
+    /// A call of `method` with the request `request` (proto3 JSON) and `metadata`.
+    pub(super) fn new(method: &str, request: serde_json::Value, metadata: &MetadataMap) -> Self {
+        let meta = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
         Self {
-            document_id: request.get_ref().document_id.clone(),
-            resume_after: request.get_ref().resume_after,
+            method: method.to_owned(),
+            request,
+            document_id: String::new(),
+            resume_after: 0,
             user_id: meta("x-user-id"),
             tenant_id: meta("x-tenant-id"),
             request_id: meta("x-request-id"),

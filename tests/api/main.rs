@@ -14,4 +14,5 @@ mod representations;
 mod routes;
 mod security;
 mod server;
+mod sim;
 mod stream;
