@@ -14,8 +14,8 @@ use crate::{
     http::{self, AppState, EdgeSettings, ServerSettings, StreamLimits, StreamSettings},
     hub::Hub,
     metrics::Metrics,
-    routes::{self, LoadError, RouteTable},
-    upstream::{ChannelError, RouteResource, RouteResourceError, SharedResource, UpstreamChannel},
+    routes::{self, LoadError, RouteTable, Serving},
+    upstream::{ChannelError, Deferred, RouteResource, RouteResourceError, SharedResource, UpstreamChannel, Waiting},
 };
 
 /// Why the BFF could not start.
@@ -62,13 +62,13 @@ impl App {
     /// address. `shutdown` ends the
     /// server and every open stream when cancelled.
     pub async fn build(config: ServeConfig, shutdown: CancellationToken) -> Result<Self, BuildError> {
-        let table = match &config.routes {
-            Some(path) => routes::load(path, config.reflection_timeout).await?,
+        let Serving { table, pending } = match &config.routes {
+            Some(path) => routes::load_for_serving(path, config.reflection_timeout).await?,
             None => {
                 let mut table = RouteTable::built_in(&config.upstreams)?;
                 // The built-in route's log size is the one flag of its own.
                 table.routes.iter_mut().for_each(|route| route.replay = config.replay_log);
-                table
+                Serving { table, pending: Vec::new() }
             }
         };
         let metrics = Arc::new(Metrics::default());
@@ -100,6 +100,28 @@ impl App {
                 RouteResource::new(route, pool, config.upstream_deadline, config.max_upstream_message_bytes)?;
             let settings = config.hub_settings(Arc::clone(&metrics));
             hubs.push(Hub::new(Arc::new(resource) as SharedResource, settings, shutdown.clone()));
+        }
+        // Routes of upstreams whose reflection did not answer: served with 503 until it does.
+        for pending in pending {
+            let pool = pools
+                .get(pending.upstream())
+                .cloned()
+                .ok_or_else(|| BuildError::NoUpstream(pending.upstream().into()))?;
+            let routes: Vec<Arc<Deferred>> =
+                pending.file.routes.iter().map(|spec| Arc::new(Deferred::new(spec, pending.reason.clone()))).collect();
+            for route in &routes {
+                let settings = config.hub_settings(Arc::clone(&metrics));
+                hubs.push(Hub::new(Arc::clone(route) as SharedResource, settings, shutdown.clone()));
+            }
+            let waiting = Waiting {
+                pending,
+                routes,
+                pool,
+                deadline: config.upstream_deadline,
+                max_message_bytes: config.max_upstream_message_bytes,
+                reflection_timeout: config.reflection_timeout,
+            };
+            tokio::spawn(waiting.run(shutdown.clone()));
         }
         let auth = Authenticator::from_config(&config.auth)?;
         if matches!(auth, Authenticator::Disabled) {

@@ -10,6 +10,8 @@
 
 mod direct;
 mod shared;
+#[cfg(test)]
+mod tests;
 mod viewer;
 
 use std::{
@@ -70,7 +72,7 @@ pub struct HubSettings {
 pub struct ShareKey {
     route: &'static str,
     /// The route's path parameters: which resource.
-    params: Vec<(String, String)>,
+    params: Arc<[(String, String)]>,
     tenant: Option<String>,
     user: Option<String>,
 }
@@ -175,7 +177,7 @@ impl Hub {
             ShareScope::Tenant => None,
         };
         let tenant = call.identity.tenant_id.clone();
-        ShareKey { route: self.route(), params: call.params.clone(), tenant, user }
+        ShareKey { route: self.route(), params: Arc::clone(&call.params), tenant, user }
     }
 
     /// The shared call for `key`, started on first use.

@@ -26,6 +26,7 @@ use regex::Regex;
 
 pub use check::{RoutesArgs, RoutesCommand, check};
 pub use descriptors::{DescriptorError, fetch_reflection};
+pub use file::RouteSpec;
 pub use file::{EnumStyle, Int64Style, Retention, RoutesFile, TimestampStyle};
 pub use json::rfc3339_nanos;
 pub use mapping::{MapError, Mapped};
@@ -180,7 +181,7 @@ pub async fn load(path: &Path, reflection_timeout: Duration) -> Result<RouteTabl
     let file =
         RoutesFile::parse(&text).map_err(|source| LoadError::Parse { path: path.into(), source: Box::new(source) })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let (pools, mut errors) = descriptors::fetch_all(&file, base, reflection_timeout).await;
+    let (pools, mut errors, _) = descriptors::fetch_all(&file, base, reflection_timeout).await;
     match validate(&file, &pools, base) {
         Ok(table) if errors.is_empty() => Ok(table),
         Ok(_) => Err(LoadError::Invalid { path: path.into(), errors }),
@@ -189,6 +190,84 @@ pub async fn load(path: &Path, reflection_timeout: Duration) -> Result<RouteTabl
             Err(LoadError::Invalid { path: path.into(), errors })
         }
     }
+}
+
+/// A routes file loaded for serving: the routes whose descriptors are at hand, and the
+/// upstreams whose server reflection did not answer at start, whose routes wait for it.
+#[derive(Debug)]
+pub struct Serving {
+    /// Every route that could be validated; with `pending` non-empty, the others are waiting.
+    pub table: RouteTable,
+    /// The upstreams to ask again, each with the part of the file it concerns.
+    pub pending: Vec<Pending>,
+}
+
+/// An upstream whose server reflection could not be reached at start, with its routes.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Why it is pending (the reflection error).
+    pub reason: String,
+    /// The file reduced to this upstream and its routes.
+    pub file: RoutesFile,
+    base: PathBuf,
+}
+
+impl Pending {
+    /// The upstream's name.
+    pub fn upstream(&self) -> &str {
+        self.file.upstreams.first().map_or("", |u| u.name.as_str())
+    }
+
+    /// Asks the upstream's server reflection again and validates its routes: `Ok` with them
+    /// once it answers; `Err` with the reason while it does not, or with the routes' problems.
+    pub async fn resolve(&self, reflection_timeout: Duration) -> Result<RouteTable, Vec<RouteError>> {
+        let (pools, mut errors, _) = descriptors::fetch_all(&self.file, &self.base, reflection_timeout).await;
+        match validate(&self.file, &pools, &self.base) {
+            Ok(table) if errors.is_empty() => Ok(table),
+            Ok(_) => Err(errors),
+            Err(more) => {
+                errors.extend(more);
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// Like [`load`], but an upstream whose server reflection cannot be reached (or does not answer
+/// in time) does not stop the start: it becomes [`Pending`], and every other problem is still an
+/// error. The routes of a pending upstream are checked again once its descriptors arrive.
+pub async fn load_for_serving(path: &Path, reflection_timeout: Duration) -> Result<Serving, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+    let file =
+        RoutesFile::parse(&text).map_err(|source| LoadError::Parse { path: path.into(), source: Box::new(source) })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (pools, errors, unreachable) = descriptors::fetch_all(&file, base, reflection_timeout).await;
+    let (waiting, mut errors): (Vec<_>, Vec<_>) = errors
+        .into_iter()
+        .partition(|e| e.key == "descriptors" && unreachable.iter().any(|name| e.place == format!("upstream {name}")));
+    let table = match validate(&file, &pools, base) {
+        Ok(table) if errors.is_empty() => table,
+        Ok(_) => return Err(LoadError::Invalid { path: path.into(), errors }),
+        Err(more) => {
+            errors.extend(more);
+            return Err(LoadError::Invalid { path: path.into(), errors });
+        }
+    };
+    let pending = unreachable
+        .into_iter()
+        .map(|name| Pending {
+            reason: waiting
+                .iter()
+                .find(|e| e.place == format!("upstream {name}"))
+                .map_or_else(String::new, |e| e.message.clone()),
+            file: RoutesFile {
+                upstreams: file.upstreams.iter().filter(|u| u.name == name).cloned().collect(),
+                routes: file.routes.iter().filter(|r| r.upstream == name).cloned().collect(),
+            },
+            base: base.to_owned(),
+        })
+        .collect();
+    Ok(Serving { table, pending })
 }
 
 impl Route {

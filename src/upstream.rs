@@ -5,6 +5,7 @@
 //! table: adding a streamed resource means a routes-file entry, not code.
 
 mod channel;
+mod deferred;
 mod dynamic;
 mod limit;
 
@@ -14,6 +15,7 @@ use futures_util::{Stream, future::BoxFuture};
 use tonic::{Code, metadata::MetadataValue};
 
 pub use channel::{ChannelError, UpstreamChannel, UpstreamPool};
+pub use deferred::{Deferred, Waiting};
 pub use dynamic::{RouteResource, RouteResourceError};
 pub use limit::{Limited, MessageTooLarge};
 
@@ -64,7 +66,8 @@ pub type SharedResource = Arc<dyn Resource>;
 pub struct Call {
     /// The validated path parameters, by name, as the route's template names them: with the
     /// route, tenant and user they are the sharing key.
-    pub params: Vec<(String, String)>,
+    /// Shared, so that the call, its sharing key and its driver hold one copy.
+    pub params: Arc<[(String, String)]>,
     /// Only events with a sequence above this are wanted; 0 means from the first.
     pub resume_after: u64,
     /// Identity and tracing metadata passed on to the upstream.

@@ -108,7 +108,7 @@ pub async fn stream(
         direct.filter(|_| matches!(transport, Transport::Sse | Transport::Ndjson)).map(|Extension(connection)| {
             Arc::new(DirectEvents::new(connection, transport == Transport::Ndjson)) as Arc<dyn Sink>
         });
-    let call = Call { params, resume_after: 0, identity };
+    let call = Call { params: params.into(), resume_after: 0, identity };
     let subscription = hub.subscribe(call, resume, sink).await.map_err(ApiError::Upstream)?;
     let (reset, events) = match subscription {
         Subscription::Finished { last } if representation == Some(Representation::LongPoll) => {

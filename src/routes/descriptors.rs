@@ -51,13 +51,16 @@ const REFLECTION_PATHS: [&str; 2] = [
 
 /// Fetches the descriptors of every upstream of `file`; a failure becomes an error of that
 /// upstream (key `descriptors`) and its routes are then validated without descriptors.
+/// The third part names the upstreams whose server reflection could not be reached or did not
+/// answer in time (not those that answered with an error): a serving BFF waits for those.
 pub(super) async fn fetch_all(
     file: &RoutesFile,
     base: &Path,
     timeout: Duration,
-) -> (BTreeMap<String, DescriptorPool>, Vec<RouteError>) {
+) -> (BTreeMap<String, DescriptorPool>, Vec<RouteError>, BTreeSet<String>) {
     let mut pools = BTreeMap::new();
     let mut errors = Vec::new();
+    let mut unreachable = BTreeSet::new();
     for upstream in &file.upstreams {
         if pools.contains_key(&upstream.name) || upstream.descriptors.is_empty() {
             continue;
@@ -78,14 +81,19 @@ pub(super) async fn fetch_all(
             Ok(pool) => {
                 pools.insert(upstream.name.clone(), pool);
             }
-            Err(e) => errors.push(RouteError {
-                place: format!("upstream {}", upstream.name),
-                key: "descriptors".into(),
-                message: e.to_string(),
-            }),
+            Err(e) => {
+                if matches!(e, DescriptorError::Connect { .. } | DescriptorError::Timeout { .. }) {
+                    unreachable.insert(upstream.name.clone());
+                }
+                errors.push(RouteError {
+                    place: format!("upstream {}", upstream.name),
+                    key: "descriptors".into(),
+                    message: e.to_string(),
+                });
+            }
         }
     }
-    (pools, errors)
+    (pools, errors, unreachable)
 }
 
 /// Reads an encoded FileDescriptorSet (`protoc --include_imports --descriptor_set_out`,

@@ -138,6 +138,8 @@ impl Resource for RouteResource {
     fn open(self: Arc<Self>, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
         Box::pin(async move {
             let params: Vec<(&str, &str)> = call.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            // Only the resume point travels with the stream, not the call.
+            let mut last = call.resume_after;
             let message = self
                 .route
                 .build_request(&params, call.resume_after)
@@ -161,7 +163,6 @@ impl Resource for RouteResource {
             let events = async_stream::stream! {
                 // The lease travels with the stream: the connection counts the call until it ends.
                 let _lease = lease;
-                let mut last = call.resume_after;
                 while let Some(item) = messages.next().await {
                     let event = item.map_err(UpstreamError::from).and_then(|m| resource.event(&m, &mut last));
                     let failed = event.is_err();

@@ -75,6 +75,19 @@ pub struct TestAppBuilder {
     config: ServeConfig,
     start_sim: bool,
     upstream: Option<SocketAddr>,
+    routes: Option<RoutesText>,
+}
+
+/// Makes a routes file's TOML from the simulator's URL (`http://127.0.0.1:port`).
+type RoutesText = Box<dyn FnOnce(&str) -> String + Send>;
+
+/// Writes `text` to a fresh file under the system's temporary folder and returns its path.
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sse-bff-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("temp file written");
+    path
 }
 
 impl TestApp {
@@ -84,7 +97,7 @@ impl TestApp {
         config.auth.insecure_no_auth = false;
         config.auth.jwt_secret = Some(SECRET.to_owned());
         let fixtures = ["jobs", "scenarios"].map(fixture).to_vec();
-        TestAppBuilder { sim: SimConfig::new(fixtures, 20.0), config, start_sim: true, upstream: None }
+        TestAppBuilder { sim: SimConfig::new(fixtures, 20.0), config, start_sim: true, upstream: None, routes: None }
     }
 
     pub async fn spawn() -> Self {
@@ -203,6 +216,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Serves a routes file (`serve --routes`) instead of the built-in route; `text` makes its
+    /// TOML from the simulator's URL.
+    pub fn routes(mut self, text: impl FnOnce(&str) -> String + Send + 'static) -> Self {
+        self.routes = Some(Box::new(text));
+        self
+    }
+
     /// Points the BFF at another upstream (the in-process simulator still runs, unused).
     pub fn upstream(mut self, addr: SocketAddr) -> Self {
         self.upstream = Some(addr);
@@ -226,7 +246,11 @@ impl TestAppBuilder {
             drop(sim);
         }
         let mut config = self.config;
-        config.upstreams = vec![format!("http://{}", self.upstream.unwrap_or(sim_addr))];
+        let upstream = format!("http://{}", self.upstream.unwrap_or(sim_addr));
+        if let Some(text) = self.routes {
+            config.routes = Some(temp_file("routes.toml", &text(&upstream)));
+        }
+        config.upstreams = vec![upstream];
         let shutdown = CancellationToken::new();
         let app = App::build(config, shutdown.clone()).await.expect("app builds");
         let addr = app.local_addr();

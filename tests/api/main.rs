@@ -10,6 +10,7 @@ mod hub;
 mod lifecycle;
 mod nginx;
 mod ops;
+mod own_service;
 mod representations;
 mod routes;
 mod security;

@@ -1,0 +1,232 @@
+//! Any service from a routes file (`serve --routes`): the CI build log of
+//! `proto/ci/v1/builds.proto`, played by the simulator from `fixtures/builds/`, served end to
+//! end through the generic path, from a descriptor file and from server reflection.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::json;
+use sse_bff::{App, ServeConfig, Sim, sim::SimConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{PATIENCE, SseReader, TestApp, bearer, events, fixture, free_addr, names, problem, temp_file};
+
+/// The build-log route; `extra` adds or replaces keys of the route table.
+fn build_route(upstream: &str, descriptors: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "ci"
+urls = ["{upstream}"]
+descriptors = "{descriptors}"
+health = "ci.v1.Builds"
+
+[[route]]
+path = "/projects/{{project}}/builds/{{build_number}}/log"
+upstream = "ci"
+method = "ci.v1.Builds/WatchBuild"
+retention = "log"
+replay = 100
+event = {{ oneof = "kind" }}
+data = {{ enums = "short-lowercase", int64 = "number" }}
+params = {{ project = "^[a-z0-9.-]{{1,64}}$", build_number = "^[0-9]{{1,12}}$" }}
+{extra}
+"#
+    )
+}
+
+fn descriptor_file() -> String {
+    fixture("routes/builds.binpb").display().to_string()
+}
+
+/// A fresh project name, so that every test plays its own build (the simulator matches the
+/// part before the first `.`).
+fn fresh_project() -> String {
+    format!("web.{}", uuid::Uuid::new_v4())
+}
+
+fn log_path(project: &str, build: u32) -> String {
+    format!("/projects/{project}/builds/{build}/log")
+}
+
+fn from(last: u64, token: &str) -> HeaderMap {
+    let mut headers = bearer(token);
+    headers.insert("last-event-id", HeaderValue::from(last));
+    headers
+}
+
+async fn spawn(extra: &'static str) -> TestApp {
+    TestApp::builder().routes(move |sim| build_route(sim, &descriptor_file(), extra)).spawn().await
+}
+
+#[tokio::test]
+async fn a_build_log_streams_end_to_end_from_a_descriptor_file() {
+    let app = spawn(
+        r#"id = "offset"
+terminal = ["finished"]"#,
+    )
+    .await;
+    let project = fresh_project();
+    let frames = SseReader::new(app.get(&log_path(&project, 42), &from(0, &app.token)).await).read_to_end().await;
+    let events = events(&frames);
+    let ids: Vec<String> = events.iter().filter_map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(ids, (1..=14).map(|i| i.to_string()).collect::<Vec<_>>(), "the offsets are the ids");
+    assert_eq!(events[0].1, "step_started", "the oneof case names the event");
+    assert_eq!(events[0].2, json!({"step": "checkout", "index": 1}), "data is the case's message");
+    assert_eq!(events[1].1, "log_line");
+    assert_eq!(events[1].2, json!({"step": "checkout", "text": "Cloning into 'web'...", "stream": "stdout"}));
+    assert_eq!(events.last().map(|e| e.1.as_str()), Some("finished"), "the terminal event ends it");
+    assert_eq!(events.last().unwrap().2["result"], "succeeded");
+    // The multi-line and hostile lines of the fixture arrive whole, one event each.
+    assert!(events.iter().all(|(_, name, _)| ["step_started", "log_line", "finished"].contains(&name.as_str())));
+
+    let again = app.get(&log_path(&project, 42), &from(14, &app.token)).await;
+    assert_eq!(again.status(), 204, "a reconnect after the terminal event");
+    let seen = app.sim.seen();
+    assert_eq!(seen.len(), 1, "one upstream call");
+    assert_eq!(seen[0].tenant_id.as_deref(), Some("acme"), "identity metadata reaches the upstream");
+}
+
+#[tokio::test]
+async fn a_build_log_streams_with_descriptors_from_server_reflection_only() {
+    let app = TestApp::builder()
+        .routes(|sim| build_route(sim, "reflection", "id = \"offset\"\nterminal = [\"finished\"]"))
+        .spawn()
+        .await;
+    let frames =
+        SseReader::new(app.get(&log_path(&fresh_project(), 43), &from(0, &app.token)).await).read_to_end().await;
+    let names = names(&frames);
+    assert_eq!(names.first().map(String::as_str), Some("step_started"));
+    assert_eq!(names.last().map(String::as_str), Some("finished"));
+    assert_eq!(events(&frames).last().unwrap().2["result"], "failed");
+}
+
+#[tokio::test]
+async fn a_resume_of_a_route_without_resume_field_is_served_from_the_bffs_log_with_one_call() {
+    let app = spawn("id = \"offset\"\nterminal = [\"finished\"]").await;
+    let path = log_path(&fresh_project(), 42);
+    assert_eq!(events(&SseReader::new(app.get(&path, &from(0, &app.token)).await).read_to_end().await).len(), 14);
+    let rest = events(&SseReader::new(app.get(&path, &from(9, &app.token)).await).read_to_end().await);
+    let ids: Vec<_> = rest.iter().map(|(id, _, _)| id.clone().unwrap()).collect();
+    assert_eq!(ids, ["10", "11", "12", "13", "14"], "every line after the resume point, from the log");
+    assert_eq!(app.sim.calls(), 1, "the upstream, which cannot resume, was called once");
+}
+
+#[tokio::test]
+async fn a_resume_point_older_than_the_log_of_a_route_without_resume_field_is_a_reset() {
+    let app = TestApp::builder()
+        .routes(|sim| {
+            let extra = "id = \"offset\"\nterminal = [\"finished\"]";
+            build_route(sim, &descriptor_file(), extra).replace("replay = 100", "replay = 3")
+        })
+        .spawn()
+        .await;
+    let path = log_path(&fresh_project(), 42);
+    SseReader::new(app.get(&path, &from(0, &app.token)).await).read_to_end().await;
+    let frames = SseReader::new(app.get(&path, &from(2, &app.token)).await).read_to_end().await;
+    assert_eq!(names(&frames).first().map(String::as_str), Some("reset"), "events 3 to 11 are gone: {frames:?}");
+    assert_eq!(events(&frames).last().unwrap().0.as_deref(), Some("14"), "then the current state, to the end");
+    assert_eq!(app.sim.calls(), 1, "no upstream call for a point it could not resume from");
+}
+
+#[tokio::test]
+async fn a_route_without_id_is_numbered_by_the_bff_and_one_without_terminal_ends_with_end() {
+    // No `id`, no `terminal`: the stream ends when the upstream ends with OK.
+    let app = spawn("").await;
+    let path = log_path(&fresh_project(), 42);
+    let frames = SseReader::new(app.get(&path, &from(0, &app.token)).await).read_to_end().await;
+    let events = events(&frames);
+    let ids: Vec<String> = events.iter().filter_map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(ids, (1..=15).map(|i| i.to_string()).collect::<Vec<_>>(), "1, 2, 3 by the BFF, and the end");
+    assert_eq!(events[13].1, "finished", "finished is an ordinary event here");
+    assert_eq!((events[14].1.as_str(), &events[14].2), ("end", &json!({})), "then event: end with {{}}");
+    assert_eq!(app.get(&path, &from(15, &app.token)).await.status(), 204, "after the end: 204");
+}
+
+#[tokio::test]
+async fn a_bad_path_parameter_is_a_400_naming_it_without_an_upstream_call() {
+    let app = spawn("id = \"offset\"\nterminal = [\"finished\"]").await;
+    for (path, code) in [
+        ("/projects/Web/builds/42/log", "invalid_project"),
+        ("/projects/web/builds/4x2/log", "invalid_build_number"),
+        ("/projects/web/builds/1234567890123/log", "invalid_build_number"),
+        ("/projects/web/builds//log", "invalid_build_number"),
+    ] {
+        let body = problem(app.get(path, &bearer(&app.token)).await, 400).await;
+        assert_eq!(body["code"], code, "{path}");
+    }
+    assert_eq!(app.sim.calls(), 0, "bad requests never reach the upstream");
+    let other_tenant = crate::helpers::token("mallory", "evil");
+    assert_eq!(app.get(&log_path("web", 42), &bearer(&other_tenant)).await.status(), 403, "the upstream decides");
+}
+
+/// Builds the BFF with `routes` (TOML) and returns the error it refuses to start with.
+async fn refused(routes: String) -> String {
+    let mut config = ServeConfig::with_upstream("http://127.0.0.1:1");
+    config.routes = Some(temp_file("routes.toml", &routes));
+    match App::build(config, CancellationToken::new()).await {
+        Ok(_) => panic!("started with a bad routes file:\n{routes}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_routes_file_with_a_wrong_method_or_field_refuses_to_start_naming_route_and_key() {
+    let file = descriptor_file();
+    let route = "route /projects/{project}/builds/{build_number}/log";
+    let cases = [
+        (build_route("http://127.0.0.1:1", &file, "").replace("WatchBuild", "WatchBuilds"), "method"),
+        (build_route("http://127.0.0.1:1", &file, "").replace("WatchBuild\"", "GetBuild\""), "method"),
+        (build_route("http://127.0.0.1:1", &file, "id = \"ofset\""), "id"),
+        (build_route("http://127.0.0.1:1", &file, "resume = \"resume_after\""), "resume"),
+        (build_route("http://127.0.0.1:1", &file, "id = \"at\""), "id"),
+    ];
+    for (routes, key) in cases {
+        let error = refused(routes).await;
+        assert!(error.contains(&format!("{route}: {key}:")), "names the route and {key}: {error}");
+    }
+    let misspelt = refused(build_route("http://127.0.0.1:1", &file, "").replace("retention", "retension")).await;
+    assert!(misspelt.contains("retension"), "a misspelt key is named: {misspelt}");
+}
+
+#[tokio::test]
+async fn routes_of_an_upstream_down_at_start_answer_503_until_its_reflection_answers() {
+    let sim_addr = free_addr();
+    let mut config = ServeConfig::with_upstream("http://127.0.0.1:1");
+    config.auth.insecure_no_auth = true;
+    let upstream = format!("http://{sim_addr}");
+    config.routes = Some(temp_file(
+        "routes.toml",
+        &build_route(&upstream, "reflection", "id = \"offset\"\nterminal = [\"finished\"]"),
+    ));
+    config.reflection_timeout = Duration::from_millis(300);
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let app = App::build(config, shutdown.clone()).await.expect("starts although the upstream is down");
+    let addr = app.local_addr();
+    tokio::spawn(app.run());
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}{}", log_path("web", 42));
+    let down = client.get(&url).send().await.unwrap();
+    assert!(down.headers().contains_key("retry-after"), "503 with Retry-After");
+    let body = problem(down, 503).await;
+    assert!(body["detail"].as_str().unwrap().contains("not available yet"), "{body}");
+
+    let mut sim_config = SimConfig::new(vec![fixture("jobs")], 20.0);
+    sim_config.listen = sim_addr;
+    let sim = Sim::build(sim_config).await.expect("sim builds");
+    let sim_stop = CancellationToken::new();
+    let _sim_stop = sim_stop.clone().drop_guard();
+    tokio::spawn(sim.run(sim_stop));
+    let served = async {
+        loop {
+            let response = client.get(&url).header("last-event-id", "0").send().await.unwrap();
+            if response.status() == 200 {
+                return SseReader::new(response).read_to_end().await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let frames = tokio::time::timeout(PATIENCE * 2, served).await.expect("served once reflection answers");
+    assert_eq!(names(&frames).last().map(String::as_str), Some("finished"));
+}
