@@ -1,10 +1,10 @@
 //! Routes: which server-streaming gRPC method serves which HTTP path, and how its messages
 //! become events. Declared in a TOML routes file (`file`), checked against the methods'
-//! descriptors (`validate`), and resolved into a [`RouteTable`] whose descriptor handles a
-//! serving step uses without further lookups.
+//! descriptors (`validate`), and resolved into a [`RouteTable`] whose descriptor handles the
+//! serving step (`upstream/dynamic.rs`) uses without further lookups.
 //!
-//! The built-in document route (`default`) is a route table like any other. Serving from a
-//! table is the next step; today `sse-bff routes check FILE` validates a file (`check`).
+//! The built-in document route (`default`) is a route table like any other.
+//! `sse-bff routes check FILE` validates a file and describes its routes (`check`).
 
 mod check;
 mod default;
