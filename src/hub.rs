@@ -145,6 +145,7 @@ impl Hub {
         resume: Option<u64>,
         sink: Option<Arc<dyn Sink>>,
     ) -> Result<Subscription, UpstreamError> {
+        self.inner.resource.available()?;
         let key = self.key(&call);
         loop {
             let shared = self.shared(&key, &call);

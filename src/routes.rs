@@ -29,8 +29,8 @@ pub use descriptors::{DescriptorError, fetch_reflection};
 pub use file::RouteSpec;
 pub use file::{EnumStyle, Int64Style, Retention, RoutesFile, TimestampStyle};
 pub use json::rfc3339_nanos;
-pub use mapping::{MapError, Mapped};
-pub use validate::validate;
+pub use mapping::{MapError, Mapped, field_value};
+pub use validate::{param_rules, validate};
 
 /// Every route of a file, with its upstreams, validated against the descriptors.
 #[derive(Debug, Clone)]

@@ -40,8 +40,15 @@ pub trait Resource: Send + Sync + fmt::Debug + 'static {
     /// it, a resume point older than the BFF's log gets `reset`, not an upstream call.
     fn resumable(&self) -> bool;
 
-    /// Checks the path parameters against the route's rules, before any upstream call.
+    /// Checks the path parameters against the route's rules, before any upstream call: every
+    /// parameter must be present (a path that did not decode has none) and match its rule.
     fn check(&self, params: &[(String, String)]) -> Result<(), ParamRejected>;
+
+    /// Whether the route can be served now; an error (UNAVAILABLE: its upstream's descriptors
+    /// have not arrived) is the answer to every request, without a shared call.
+    fn available(&self) -> Result<(), UpstreamError> {
+        Ok(())
+    }
 
     /// Opens the upstream call. Resolves when the upstream has answered with headers (or an
     /// error); the returned stream yields the mapped events.
@@ -180,6 +187,15 @@ impl UpstreamError {
             Code::Unavailable => "unavailable",
             Code::DataLoss => "data_loss",
             Code::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    /// How metrics label the end of a call that failed this way: the gRPC code name, or
+    /// `bad_message` for a message the BFF refused (the upstream sent no status for it).
+    pub fn metric_label(&self) -> &'static str {
+        match self.fault {
+            Fault::BadMessage => "bad_message",
+            Fault::Status | Fault::Transport => self.code_name(),
         }
     }
 

@@ -46,8 +46,11 @@ pub(super) struct Shared {
 
 #[derive(Debug)]
 struct State {
-    /// The most recent events, oldest first, gap-free.
+    /// The most recent events, oldest first: every event after `dropped`.
     log: VecDeque<Arc<StreamEvent>>,
+    /// The id of the newest event that left the log (0: none did): a resume point at or after
+    /// it is served from the log.
+    dropped: u64,
     /// Live events; dropped when the call ends so viewers see the end.
     live: Option<broadcast::Sender<Arc<StreamEvent>>>,
     end: Option<End>,
@@ -149,7 +152,7 @@ impl Shared {
         from_start: Option<Receiver>,
         sink: Option<&Arc<dyn Sink>>,
     ) -> Attach {
-        let (Some(first), Some(latest)) = (state.log.front(), state.log.back()) else {
+        let Some(latest) = state.log.back() else {
             return match (&state.end, &state.retrying) {
                 (Some(End::Failed(error)), _) | (None, Some(error)) => Attach::Failed(error.clone()),
                 (Some(End::Terminal), _) => Attach::Failed(UpstreamError::ended_early()),
@@ -166,14 +169,18 @@ impl Shared {
             Some(after) if finished && after == latest.id => {
                 return Attach::Ready(Subscription::Finished { last: latest.id });
             }
-            // A point the call never reached (the resource was redone under the same id, say)
-            // cannot be replayed: the viewer starts over from the current state, and so still
-            // learns how the call ends.
-            Some(after) if after > latest.id => {
+            // A point past a finished call's end (the resource was redone under the same id,
+            // say) cannot be replayed: the viewer starts over from the end, and so still learns
+            // how the call ended.
+            Some(after) if finished && after > latest.id => {
                 let current = vec![Arc::clone(latest)];
                 return self.ready(&state, current, 0, true, None, sink);
             }
-            Some(after) if after + 1 < first.id => return Attach::NeedsPrivateCall(after),
+            // Ahead of a live call (another instance, or a call that started over, is a little
+            // ahead): wait for what comes after it. If the call ends below it, the viewer gets
+            // `reset` and the terminal event (`viewer.rs`).
+            Some(after) if after > latest.id => Vec::new(),
+            Some(after) if after < state.dropped => return Attach::NeedsPrivateCall(after),
             Some(after) => state.log.iter().filter(|e| e.id > after).cloned().collect(),
             None => vec![Arc::clone(latest)],
         };
@@ -221,11 +228,11 @@ impl Shared {
     pub(super) fn resume(&self, cursor: u64) -> (Option<Receiver>, Vec<Arc<StreamEvent>>, bool) {
         let state = self.lock();
         let receiver = state.live.as_ref().map(broadcast::Sender::subscribe);
-        match state.log.front() {
-            Some(first) if cursor + 1 >= first.id => {
+        match state.log.back() {
+            Some(_) if cursor >= state.dropped => {
                 (receiver, state.log.iter().filter(|e| e.id > cursor).cloned().collect(), false)
             }
-            Some(_) => (receiver, state.log.back().filter(|e| e.id > cursor).cloned().into_iter().collect(), true),
+            Some(latest) => (receiver, Some(latest).filter(|e| e.id > cursor).cloned().into_iter().collect(), true),
             None => (receiver, Vec::new(), false),
         }
     }

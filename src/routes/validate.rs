@@ -123,13 +123,23 @@ fn path_shape(path: &str) -> String {
         .join("/")
 }
 
+/// The compiled rule of every parameter of a route's path, in order, for a route whose
+/// descriptors are not at hand yet (a rule that does not compile is left out: the file was
+/// refused for it already).
+pub fn param_rules(spec: &RouteSpec) -> Vec<(String, Regex)> {
+    let mut ignored = Vec::new();
+    let mut problems = Problems { place: String::new(), errors: &mut ignored };
+    params(spec, &mut problems).into_iter().filter_map(|(name, rule)| Some((name, rule?))).collect()
+}
+
 /// The path's parameters with their compiled rules (`None` for a rule that does not compile,
 /// recorded as a problem).
 fn params(spec: &RouteSpec, problems: &mut Problems<'_>) -> Vec<(String, Option<Regex>)> {
     if !spec.path.starts_with('/') {
         problems.add("path", "must start with /");
     }
-    if RESERVED_PATHS.contains(&spec.path.as_str()) {
+    let reserved = |r: &&str| spec.path == *r || (*r != "/" && spec.path.starts_with(&format!("{r}/")));
+    if RESERVED_PATHS.iter().any(reserved) {
         problems.add("path", "is served by the BFF itself");
     }
     let mut names = Vec::new();

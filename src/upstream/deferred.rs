@@ -12,8 +12,10 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use super::{Call, EventStream, ParamRejected, Resource, RouteResource, UpstreamError, UpstreamPool};
-use crate::routes::{Pending, Retention, RouteSpec};
+use super::{
+    Call, EventStream, ParamRejected, Resource, RouteResource, UpstreamError, UpstreamPool, dynamic::rule_text,
+};
+use crate::routes::{Pending, Retention, RouteSpec, param_rules};
 
 /// A route waiting for its upstream's descriptors.
 #[derive(Debug)]
@@ -23,6 +25,8 @@ pub struct Deferred {
     retention: Retention,
     replay: usize,
     resumable: bool,
+    /// The parameter rules of the file, checked before the descriptors arrive too.
+    rules: Vec<(String, regex::Regex, &'static str)>,
     ready: OnceLock<Arc<RouteResource>>,
     /// Why it is still waiting, as the last attempt said.
     reason: Mutex<String>,
@@ -37,6 +41,13 @@ impl Deferred {
             retention: spec.retention,
             replay: spec.replay.max(1),
             resumable: spec.resume.is_some(),
+            rules: param_rules(spec)
+                .into_iter()
+                .map(|(name, rule)| {
+                    let code: &'static str = Box::leak(format!("invalid_{name}").into_boxed_str());
+                    (name, rule, code)
+                })
+                .collect(),
             ready: OnceLock::new(),
             reason: Mutex::new(reason),
         }
@@ -65,19 +76,41 @@ impl Resource for Deferred {
     }
 
     fn check(&self, params: &[(String, String)]) -> Result<(), ParamRejected> {
-        // Before the descriptors arrive nothing is called, so nothing needs refusing yet.
-        self.ready.get().map_or(Ok(()), |ready| ready.check(params))
+        if let Some(ready) = self.ready.get() {
+            return ready.check(params);
+        }
+        // The field types are not known yet; the file's rules are.
+        for (name, rule, code) in &self.rules {
+            let value = params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+            if !value.is_some_and(|v| rule.is_match(v)) {
+                return Err(ParamRejected { code, rule: rule_text(name, rule.as_str()) });
+            }
+        }
+        Ok(())
+    }
+
+    fn available(&self) -> Result<(), UpstreamError> {
+        match self.ready.get() {
+            Some(_) => Ok(()),
+            None => Err(self.unavailable()),
+        }
     }
 
     fn open(self: Arc<Self>, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
         match self.ready.get() {
             Some(ready) => Arc::clone(ready).open(call),
-            None => {
-                let message =
-                    format!("the descriptors of upstream {} are not available yet ({})", self.upstream, self.reason());
-                Box::pin(std::future::ready(Err(UpstreamError::new(Code::Unavailable, message))))
-            }
+            None => Box::pin(std::future::ready(Err(self.unavailable()))),
         }
+    }
+}
+
+impl Deferred {
+    fn unavailable(&self) -> UpstreamError {
+        let reason = self.reason();
+        UpstreamError::new(
+            Code::Unavailable,
+            format!("the descriptors of upstream {} are not available yet ({reason})", self.upstream),
+        )
     }
 }
 

@@ -19,7 +19,7 @@ use tonic::{
 use super::{Call, EventStream, Limited, ParamRejected, Resource, Undecodable, UpstreamError, UpstreamPool};
 use crate::{
     event::{EventKind, StreamEvent},
-    routes::{Retention, Route},
+    routes::{Retention, Route, field_value},
 };
 
 /// One route served by calling its upstream.
@@ -125,11 +125,12 @@ impl Resource for RouteResource {
 
     fn check(&self, params: &[(String, String)]) -> Result<(), ParamRejected> {
         for param in &self.route.params {
-            let value = params.iter().find(|(name, _)| *name == param.name).map_or("", |(_, v)| v.as_str());
-            if !param.pattern.is_match(value) {
+            let value = params.iter().find(|(name, _)| *name == param.name).map(|(_, v)| v.as_str());
+            // A value must also fit its field: an integer field takes only a number it can hold.
+            let fits = value.is_some_and(|v| param.pattern.is_match(v) && field_value(&param.field, v).is_some());
+            if !fits {
                 let code = self.param_codes.get(&param.name).copied().unwrap_or("invalid_parameter");
-                let rule = format!("path parameter {} must match {}", param.name, param.pattern.as_str());
-                return Err(ParamRejected { code, rule });
+                return Err(ParamRejected { code, rule: rule_text(&param.name, param.pattern.as_str()) });
             }
         }
         Ok(())
@@ -179,6 +180,13 @@ impl Resource for RouteResource {
             Ok(Box::pin(events) as EventStream)
         })
     }
+}
+
+/// `path parameter <name> must match <rule>`, the rule as the file wrote it (without the
+/// anchors validation wrapped it in).
+pub(super) fn rule_text(name: &str, anchored: &str) -> String {
+    let rule = anchored.strip_prefix("^(?:").and_then(|r| r.strip_suffix(")$")).unwrap_or(anchored);
+    format!("path parameter {name} must match {rule}")
 }
 
 fn leak(text: &str) -> &'static str {

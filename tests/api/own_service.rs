@@ -211,6 +211,10 @@ async fn routes_of_an_upstream_down_at_start_answer_503_until_its_reflection_ans
     assert!(down.headers().contains_key("retry-after"), "503 with Retry-After");
     let body = problem(down, 503).await;
     assert!(body["detail"].as_str().unwrap().contains("not available yet"), "{body}");
+    let bad = client.get(format!("http://{addr}/projects/Web/builds/42/log")).send().await.unwrap();
+    assert_eq!(problem(bad, 400).await["code"], "invalid_project", "the file's rules apply while waiting");
+    let ready = problem(client.get(format!("http://{addr}/readyz")).send().await.unwrap(), 503).await;
+    assert!(ready["detail"].as_str().unwrap().contains("not available yet"), "not ready while routes wait: {ready}");
 
     let mut sim_config = SimConfig::new(vec![fixture("jobs")], 20.0);
     sim_config.listen = sim_addr;
@@ -229,4 +233,94 @@ async fn routes_of_an_upstream_down_at_start_answer_503_until_its_reflection_ans
     };
     let frames = tokio::time::timeout(PATIENCE * 2, served).await.expect("served once reflection answers");
     assert_eq!(names(&frames).last().map(String::as_str), Some("finished"));
+}
+
+#[tokio::test]
+async fn an_upstream_that_starts_over_and_fails_again_ends_the_stream_within_the_retry_budget() {
+    // Build 44 loses its agent (UNAVAILABLE) after three events, every time: a call made again
+    // replays the same three events, which must not renew the retry budget.
+    let app = TestApp::builder()
+        .configure(|c| c.retry_budget = Duration::from_secs(1))
+        .routes(|sim| build_route(sim, &descriptor_file(), "id = \"offset\"\nterminal = [\"finished\"]"))
+        .spawn()
+        .await;
+    let frames =
+        SseReader::new(app.get(&log_path(&fresh_project(), 44), &from(0, &app.token)).await).read_to_end().await;
+    let events = events(&frames);
+    let ids: Vec<_> = events.iter().filter_map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(ids, ["1", "2", "3"], "each event once, however often the upstream replays them");
+    let (_, name, error) = events.last().unwrap();
+    assert_eq!((name.as_str(), &error["code"]), ("error", &json!("unavailable")), "then the error: {frames:?}");
+    assert!(app.sim.calls() < 10, "a bounded number of calls within the budget: {}", app.sim.calls());
+}
+
+/// Scripts for the simulator in a folder of their own: a build whose offsets have gaps.
+fn gappy_scripts() -> std::path::PathBuf {
+    let messages: Vec<String> = [10, 20, 30, 40, 50]
+        .iter()
+        .map(|offset| {
+            let case = if *offset == 50 {
+                r#""finished": {"result": "BUILD_RESULT_SUCCEEDED", "durationMs": "50"}"#.to_owned()
+            } else {
+                format!(r#""logLine": {{"step": "build", "text": "line {offset}"}}"#)
+            };
+            format!(r#"{{"after_ms": 30, "message": {{"offset": "{offset}", {case}}}}}"#)
+        })
+        .collect();
+    let script = format!(
+        r#"{{"method": "ci.v1.Builds/WatchBuild", "request": {{"project": "gappy", "buildNumber": "7"}}, "messages": [{}]}}"#,
+        messages.join(",")
+    );
+    temp_file("gappy.json", &script).parent().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn ids_with_gaps_resume_from_the_log_without_loss() {
+    let app = TestApp::builder()
+        .configure_sim(|s| {
+            s.descriptor_sets = vec![fixture("routes/builds.binpb")];
+            s.scripts = vec![gappy_scripts()];
+        })
+        .routes(|sim| build_route(sim, &descriptor_file(), "id = \"offset\"\nterminal = [\"finished\"]"))
+        .spawn()
+        .await;
+    let path = log_path(&format!("gappy.{}", uuid::Uuid::new_v4()), 7);
+    let all = events(&SseReader::new(app.get(&path, &from(0, &app.token)).await).read_to_end().await);
+    let ids: Vec<_> = all.iter().filter_map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(ids, ["10", "20", "30", "40", "50"]);
+    let rest = SseReader::new(app.get(&path, &from(20, &app.token)).await).read_to_end().await;
+    assert_eq!(names(&rest), ["log_line", "log_line", "finished"], "30, 40 and 50 from the log, no reset: {rest:?}");
+    let again = events(&SseReader::new(app.get(&path, &from(0, &app.token)).await).read_to_end().await);
+    assert_eq!(again.len(), 5, "from the first event again, all from the log");
+    assert_eq!(app.sim.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_resume_point_ahead_of_a_live_call_waits_for_what_comes_after_it() {
+    let app = spawn("id = \"offset\"\nterminal = [\"finished\"]").await;
+    let path = log_path(&fresh_project(), 42);
+    // The call starts now, at offset 1; a viewer that had 12 (from a BFF that went away) waits
+    // for 13 instead of getting a reset and everything again.
+    let frames = SseReader::new(app.get(&path, &from(12, &app.token)).await).read_to_end().await;
+    let ids: Vec<_> = events(&frames).into_iter().filter_map(|(id, _, _)| id).collect();
+    assert_eq!(ids, ["13", "14"], "{frames:?}");
+    assert!(!names(&frames).contains(&"reset".to_owned()));
+}
+
+#[tokio::test]
+async fn an_integer_parameter_that_does_not_fit_its_field_is_a_400_without_an_upstream_call() {
+    let app = TestApp::builder()
+        .routes(|sim| {
+            build_route(sim, &descriptor_file(), "id = \"offset\"")
+                .replace(r#"build_number = "^[0-9]{1,12}$""#, r#"build_number = "^[0-9]{1,40}$""#)
+        })
+        .spawn()
+        .await;
+    let body = problem(
+        app.get(&log_path("web", 0).replace("/0/", &format!("/{}/", "9".repeat(30))), &bearer(&app.token)).await,
+        400,
+    )
+    .await;
+    assert_eq!(body["code"], "invalid_build_number");
+    assert_eq!(app.sim.calls(), 0);
 }

@@ -47,6 +47,7 @@ impl Shared {
         let shared = Arc::new(Self {
             state: Mutex::new(State {
                 log: VecDeque::new(),
+                dropped: 0,
                 live: Some(live),
                 end: None,
                 retrying: None,
@@ -91,7 +92,7 @@ impl Shared {
             // Dropped with this future when the call is cancelled: it then counts as `cancelled`.
             let counted = self.metrics.upstream_started(resource.route());
             let attempt = self.attempt(resource, &call, &mut last, settings).await;
-            counted.end(attempt.as_ref().err().map_or("ok", |broken| broken.error.code_name()));
+            counted.end(attempt.as_ref().err().map_or("ok", |broken| broken.error.metric_label()));
             let error = match attempt {
                 Ok(()) => return End::Terminal,
                 Err(Broken { error, received }) => {
@@ -132,8 +133,11 @@ impl Shared {
                 (Vec::new(), Some(UpstreamError::new(Code::Unavailable, silence)))
             });
             if !batch.is_empty() {
-                received = true;
-                if self.publish(batch, last, settings.replay) {
+                let (fresh, terminal) = self.publish(batch, last, settings.replay);
+                // Only new events prove the call healthy: an upstream that cannot resume
+                // replays what was already published, and that must not renew the budget.
+                received |= fresh;
+                if terminal {
                     return Ok(());
                 }
             }
@@ -147,10 +151,12 @@ impl Shared {
         }
     }
 
-    /// Appends events to the log and sends them to viewers; returns whether the terminal event
-    /// was among them. Events at or below the last sequence (repeated after a resume) are
-    /// dropped.
-    fn publish(&self, batch: Vec<StreamEvent>, last: &mut u64, replay: usize) -> bool {
+    /// Appends events to the log and sends them to viewers; returns whether any was new, and
+    /// whether the terminal event was among them. Events at or below the last id (repeated
+    /// after a resume, or by an upstream that starts over) are dropped. Ids need not be
+    /// consecutive: the log remembers the newest id that left it, so that a resume point is
+    /// served from the log exactly when nothing after it has left.
+    fn publish(&self, batch: Vec<StreamEvent>, last: &mut u64, replay: usize) -> (bool, bool) {
         let mut terminal = false;
         let mut fresh = Vec::with_capacity(batch.len());
         let (first, incoming) = {
@@ -161,18 +167,15 @@ impl Shared {
                 if event.id <= *last || terminal {
                     continue;
                 }
-                if *last != 0 && event.id != *last + 1 {
-                    tracing::warn!(expected = *last + 1, got = event.id, "upstream skipped sequence numbers");
-                    // The log must stay gap-free for resuming viewers: start it afresh.
-                    state.log.clear();
-                }
                 *last = event.id;
                 terminal = event.kind.is_terminal();
                 let event = Arc::new(event);
                 fresh.push(Arc::clone(&event));
                 state.log.push_back(Arc::clone(&event));
                 while state.log.len() > replay.max(1) {
-                    state.log.pop_front();
+                    if let Some(gone) = state.log.pop_front() {
+                        state.dropped = gone.id;
+                    }
                 }
                 if let Some(live) = &state.live {
                     // No receiver is fine: nobody is watching right now.
@@ -194,7 +197,7 @@ impl Shared {
         if first || terminal {
             self.changed.send_replace(());
         }
-        terminal
+        (!fresh.is_empty(), terminal)
     }
 
     fn finish(&self, end: End) {
