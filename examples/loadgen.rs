@@ -32,6 +32,11 @@ struct Args {
     /// Documents the connections are spread over: `<prefix>.0` ... `<prefix>.<D-1>`.
     #[arg(long, default_value_t = 1)]
     documents: usize,
+    /// Topics per connection: with K > 0 each connection opens one multiplexed stream
+    /// (`/events?topic=...`) of K documents, `<prefix>.<(n·K + j) mod D>`, instead of one
+    /// document's own stream; gaps and duplicates are then counted per document by `sequence`.
+    #[arg(long, default_value_t = 0)]
+    topics: usize,
     /// Document id prefix (the simulator's `steady` job plays any `steady.<n>`).
     #[arg(long, default_value = "steady")]
     prefix: String,
@@ -170,12 +175,17 @@ async fn connection(
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket.bind(SocketAddr::from((source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
     let mut stream = socket.connect(args.target).await.map_err(|e| format!("connect: {e}"))?;
-    let document = format!("{}.{}", args.prefix, n % args.documents.max(1));
+    let documents = args.documents.max(1);
+    let path = match args.topics {
+        0 => format!("/documents/{}.{}/progress", args.prefix, n % documents),
+        topics => {
+            let each = (0..topics)
+                .map(|j| format!("topic=%2Fdocuments%2F{}.{}%2Fprogress", args.prefix, (n * topics + j) % documents));
+            format!("/events?{}", each.collect::<Vec<_>>().join("&"))
+        }
+    };
     let auth = args.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!(
-        "GET /documents/{document}/progress HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{auth}\r\n",
-        args.target
-    );
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{auth}\r\n", args.target);
     stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(8192);
     let mut chunk = [0u8; 16384];
@@ -200,24 +210,31 @@ async fn connection(
     let mut dechunk = Dechunker::default();
     let mut sse = Vec::new();
     let mut tally = Tally::default();
-    let mut last_id = 0u64;
+    // The last id seen, per document on a multiplexed stream (keyed by its `documentId`).
+    let mut last_ids: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
     dechunk.feed(&buf[body_start..], &mut sse);
     let window_end = tokio::time::sleep_until(measure_until.into());
     tokio::pin!(window_end);
     loop {
-        scan_events(&mut sse, &mut |id, emitted_at| {
+        scan_events(&mut sse, &mut |id, data| {
+            let emitted_at = emitted_at(data);
+            let (document, id) = match id {
+                Some(id) => (Vec::new(), Some(id)),
+                None => (field(data, b"\"documentId\":\"", b'"').unwrap_or_default().to_vec(), sequence(data)),
+            };
+            let last_id = last_ids.entry(document).or_default();
             let now = Instant::now();
             if now < measure_from || now >= measure_until {
-                last_id = id.unwrap_or(last_id);
+                *last_id = id.unwrap_or(*last_id);
                 return;
             }
             if let Some(id) = id {
-                if id <= last_id {
+                if id <= *last_id {
                     tally.duplicates += 1;
-                } else if last_id != 0 && id > last_id + 1 {
-                    tally.gaps += id - last_id - 1;
+                } else if *last_id != 0 && id > *last_id + 1 {
+                    tally.gaps += id - *last_id - 1;
                 }
-                last_id = id;
+                *last_id = id;
             }
             tally.events += 1;
             if let Some(emitted) = emitted_at {
@@ -292,9 +309,9 @@ impl Dechunker {
     }
 }
 
-/// Takes complete events (blank-line terminated) out of `buf`, calling `each` with the id and
-/// the parsed `emittedAt` of every event that has data.
-fn scan_events(buf: &mut Vec<u8>, each: &mut impl FnMut(Option<u64>, Option<SystemTime>)) {
+/// Takes complete events (blank-line terminated) out of `buf`, calling `each` with the numeric
+/// id (`None` for a cursor) and the data of every event that has data.
+fn scan_events(buf: &mut Vec<u8>, each: &mut impl FnMut(Option<u64>, &[u8])) {
     let mut start = 0;
     while let Some(end) = memchr::memmem::find(&buf[start..], b"\n\n") {
         let block = &buf[start..start + end];
@@ -308,11 +325,25 @@ fn scan_events(buf: &mut Vec<u8>, each: &mut impl FnMut(Option<u64>, Option<Syst
             }
         }
         if let Some(data) = data {
-            each(id, emitted_at(data));
+            each(id, data);
         }
         start += end + 2;
     }
     buf.drain(..start);
+}
+
+/// The bytes after `key` up to `end`, in an event's data.
+fn field<'a>(json: &'a [u8], key: &[u8], end: u8) -> Option<&'a [u8]> {
+    let at = memchr::memmem::find(json, key)? + key.len();
+    let len = memchr::memchr(end, json.get(at..)?)?;
+    json.get(at..at + len)
+}
+
+/// The `"sequence":N` of a document update's data.
+fn sequence(json: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(json, b"\"sequence\":")? + b"\"sequence\":".len();
+    let digits = json.get(at..)?.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(json.get(at..at + digits)?).ok()?.parse().ok()
 }
 
 /// The `"emittedAt":"2026-11-23T10:00:00.123456789Z"` of an event's data.

@@ -46,6 +46,21 @@ if p:
         f"{fmt(p['server_cores'], ' cores', 2)}, {fmt(per_viewer and per_viewer / 1024, ' KB', 1)}/viewer",
         p["events_per_s"] >= 9_900 and p["latency_ms"]["p99"] <= 10 and at_most(p["server_cores"], 0.3)
         and at_most(per_viewer, 16 * 1024))
+m = load("multiplexed")
+if m:
+    per_viewer = m["server_bytes_per_connection"]
+    row("Multiplexed: 1,000 viewers × 10 topics over 100 docs × 5/s (`/events`)",
+        "50k ev/s, 100 upstream calls, gaps 0",
+        f"{fmt(m['events_per_s'], digits=0)} ev/s, p99 {fmt(m['latency_ms']['p99'], ' ms')}, "
+        f"{m['upstream_calls']} call(s), gaps {m['gaps']}, dup {m['duplicates']}, "
+        f"{fmt(m['server_cores'], ' cores', 2)}, {fmt(per_viewer and per_viewer / 1024, ' KB', 1)}/viewer",
+        m["events_per_s"] >= 49_500 and m["upstream_calls"] == 100 and m["gaps"] == 0 and m["duplicates"] == 0)
+t = load("tls")
+if t:
+    per = t["bytes_per_stream"]
+    row("TLS + HTTP/2: 100 connections × 100 idle streams (`--tls-cert`, ALPN h2)", "≤ 12 KB RSS/stream",
+        f"{t['still_open']:,} streams open, {fmt(per / 1024, ' KB', 1)}/stream",
+        t["still_open"] == t["streams"] and at_most(per, 12 * 1024))
 i = load("idle")
 if i:
     per = i["server_bytes_per_connection"]
@@ -73,7 +88,7 @@ table = "\n".join([
     *rows,
 ])
 print(table)
-scenarios = ["broadcast", "floor-1", "floor-2", "progress", "idle", "sharing-1", "sharing-100", "single"]
+scenarios = ["broadcast", "floor-1", "floor-2", "progress", "multiplexed", "tls", "idle", "sharing-1", "sharing-100", "single"]
 missing = [name for name in scenarios if load(name) is None]
 if missing:
     # A partial run must not replace the full table.

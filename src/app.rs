@@ -11,7 +11,7 @@ use crate::{
     auth::{Authenticator, KeyError},
     config::ServeConfig,
     http::HealthCheck,
-    http::{self, AppState, EdgeSettings, ServerSettings, StreamLimits, StreamSettings},
+    http::{self, AppState, EdgeSettings, ServerSettings, StreamLimits, StreamSettings, TlsError},
     hub::Hub,
     metrics::Metrics,
     routes::{self, LoadError, RouteTable, Serving},
@@ -36,6 +36,9 @@ pub enum BuildError {
     /// The token verification keys are unusable.
     #[error(transparent)]
     Auth(#[from] KeyError),
+    /// The TLS certificate or key is unusable (the message names the file).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -134,9 +137,11 @@ impl App {
                 heartbeat: config.heartbeat,
                 retry: config.retry,
                 max_lifetime: config.max_stream_lifetime,
+                max_topics: config.max_topics,
             },
             shutdown: shutdown.clone(),
             health: health.into(),
+            routes: hubs.iter().cloned().collect(),
             auth,
             limits: StreamLimits::new(config.max_streams, config.max_streams_per_user),
             metrics,
@@ -148,6 +153,7 @@ impl App {
         };
         let edge =
             EdgeSettings { cors_origins: config.cors_origins.clone(), max_header_bytes: config.max_header_bytes };
+        let tls = ServerSettings::load_tls(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
@@ -156,7 +162,11 @@ impl App {
             service: http::service(state, &edge, &hubs),
             shutdown,
             grace: config.shutdown_grace,
-            server: ServerSettings { stall_timeout: config.stall_timeout, max_header_bytes: config.max_header_bytes },
+            server: ServerSettings {
+                stall_timeout: config.stall_timeout,
+                max_header_bytes: config.max_header_bytes,
+                tls,
+            },
         })
     }
 
@@ -169,7 +179,8 @@ impl App {
     /// on the same token) for at most the grace period.
     pub async fn run(self) {
         let addr = self.local_addr();
-        tracing::info!(%addr, "sse-bff listening");
+        let scheme = if self.server.tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "sse-bff listening");
         let server = http::serve(self.listener, self.service, self.server, self.shutdown.clone());
         let stopped = self.shutdown.clone();
         let grace = self.grace;

@@ -105,6 +105,9 @@ pub struct ServeConfig {
     /// Browser origin allowed to open streams with credentials (repeatable); `*` is refused.
     #[arg(long = "cors-origin", env = "SSE_BFF_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<HeaderValue>,
+    /// The most topics of one multiplexed stream (`/events?topic=...`).
+    #[arg(long, env = "SSE_BFF_MAX_TOPICS", default_value_t = 50, value_parser = count(1000))]
+    pub max_topics: usize,
     /// The most bytes of request headers accepted (431 beyond).
     #[arg(long, env = "SSE_BFF_MAX_HEADER_BYTES", default_value_t = 32 * 1024, value_parser = count(1024 * 1024))]
     pub max_header_bytes: usize,
@@ -149,6 +152,13 @@ pub struct ServeConfig {
     /// A client whose connection accepts no bytes for this long is dropped.
     #[arg(long, env = "SSE_BFF_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
+    /// Serve HTTPS (ALPN `h2` and `http/1.1`) with this PEM certificate chain, the server's
+    /// certificate first; needs `--tls-key`. Reloaded when the file changes.
+    #[arg(long, env = "SSE_BFF_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`. Reloaded with it.
+    #[arg(long, env = "SSE_BFF_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Token verification.
     #[command(flatten)]
     pub auth: AuthConfig,

@@ -49,6 +49,12 @@ impl EventKind {
     pub fn is_terminal(self) -> bool {
         self.terminal
     }
+
+    /// The same name on an event that does not end the stream carrying it: a topic's terminal
+    /// event on a multiplexed stream ends that topic only.
+    pub fn continuing(self) -> Self {
+        Self { terminal: false, ..self }
+    }
 }
 
 /// One update of a streamed resource, ready to be written by any transport.
@@ -64,26 +70,53 @@ pub struct StreamEvent {
     pub emitted_at: Option<SystemTime>,
     /// The complete SSE frame, encoded once for every viewer.
     pub sse: Bytes,
+    /// The SSE id when it is not the number `id`: a multiplexed stream's cursor.
+    pub cursor: Option<Box<str>>,
 }
 
 impl StreamEvent {
     /// An event with its SSE frame encoded. `data` is then kept as a slice of the frame, so the
     /// JSON is stored once (replay logs hold many events).
     pub fn new(id: u64, kind: EventKind, data: &[u8], emitted_at: Option<SystemTime>) -> Self {
-        let sse = sse::frame(Some(&id.to_string()), kind.name(), data);
-        let start = data_start(id, kind);
+        Self::framed(id, &id.to_string(), None, kind, data, emitted_at)
+    }
+
+    /// An event of a multiplexed stream: its SSE id is `cursor`; `id` stays the topic's own.
+    pub fn with_cursor(id: u64, cursor: &str, kind: EventKind, data: &[u8], emitted_at: Option<SystemTime>) -> Self {
+        Self::framed(id, cursor, Some(cursor.into()), kind, data, emitted_at)
+    }
+
+    fn framed(
+        id: u64,
+        sse_id: &str,
+        cursor: Option<Box<str>>,
+        kind: EventKind,
+        data: &[u8],
+        emitted_at: Option<SystemTime>,
+    ) -> Self {
+        let sse = sse::frame(Some(sse_id), kind.name(), data);
+        let start = data_start(sse_id.len(), kind);
         let data = match sse.get(start..start + data.len()) {
             Some(slice) if slice == data => sse.slice(start..start + data.len()),
             _ => Bytes::copy_from_slice(data),
         };
-        Self { id, kind, data, emitted_at, sse }
+        Self { id, kind, data, emitted_at, sse, cursor }
+    }
+
+    /// The SSE id as a client sees it: the cursor of a multiplexed stream, else the number.
+    pub fn sse_id(&self) -> std::borrow::Cow<'_, str> {
+        match &self.cursor {
+            Some(cursor) => std::borrow::Cow::Borrowed(cursor),
+            None => std::borrow::Cow::Owned(self.id.to_string()),
+        }
     }
 
     /// `data` followed by `\n`: the NDJSON line. When `data` is a slice of the frame (one-line
     /// data, see [`StreamEvent::new`]) the line is the same slice plus the frame's newline, with
     /// no copy and no comparison of the bytes.
     pub fn line(&self) -> Bytes {
-        let start = data_start(self.id, self.kind);
+        let id_len = self.cursor.as_ref().map_or_else(|| digits(self.id), |cursor| cursor.len());
+        let start = data_start(id_len, self.kind);
         let in_frame = self.sse.get(start..).is_some_and(|rest| std::ptr::eq(rest.as_ptr(), self.data.as_ptr()));
         if in_frame {
             return self.sse.slice(start..=start + self.data.len());
@@ -92,10 +125,15 @@ impl StreamEvent {
     }
 }
 
-/// Where one-line data starts in a frame: after "id: <id>\nevent: <name>\ndata: ".
-fn data_start(id: u64, kind: EventKind) -> usize {
-    let digits = id.checked_ilog10().map_or(1, |log| log as usize + 1);
-    "id: \nevent: \ndata: ".len() + digits + kind.name().len()
+/// Where one-line data starts in a frame: after "id: <id>\nevent: <name>\ndata: ", for an id
+/// of `id_len` bytes.
+fn data_start(id_len: usize, kind: EventKind) -> usize {
+    "id: \nevent: \ndata: ".len() + id_len + kind.name().len()
+}
+
+/// The decimal digits of `id`.
+fn digits(id: u64) -> usize {
+    id.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
 #[cfg(test)]

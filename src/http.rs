@@ -1,6 +1,7 @@
 //! The HTTP side: routes, shared state and the tower layer stack.
 
 mod error;
+mod events;
 mod health;
 mod limits;
 mod pages;
@@ -31,7 +32,7 @@ use tower_http::{
 pub use error::ApiError;
 
 pub use limits::StreamLimits;
-pub use server::{ServerSettings, serve};
+pub use server::{ServerSettings, TlsError, serve};
 pub use stream::StreamSettings;
 
 use crate::{auth::Authenticator, hub::Hub, metrics::Metrics};
@@ -45,6 +46,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The upstreams `/readyz` checks.
     pub health: Arc<[HealthCheck]>,
+    /// Every route, for `/readyz` to name those that cannot be served yet.
+    pub routes: Arc<[Hub]>,
     /// Token verification.
     pub auth: Authenticator,
     /// Open-stream limits.
@@ -97,6 +100,12 @@ pub fn service(state: AppState, edge: &EdgeSettings, hubs: &[Hub]) -> HttpServic
         );
     }
     let shaped: Arc<[Hub]> = hubs.iter().cloned().collect();
+    // One stream for many resources, over the same hubs.
+    let all = Arc::clone(&shaped);
+    routes = routes.route(
+        events::ROUTE,
+        get(move |state, headers, uri, upgrade| events::stream(Arc::clone(&all), state, headers, uri, upgrade)),
+    );
     let routes = routes
         .route("/", get(pages::index))
         .route("/client.js", get(pages::client))

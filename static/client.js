@@ -5,7 +5,10 @@
  * the long-poll representation (`Accept: application/json`) when the browser has no
  * EventSource or the stream keeps failing. `onUpdate` never sees an update twice or out of
  * order; it starts at the latest update, and a slow client may skip intermediate ones (progress
- * is state). An ES module without dependencies: `import { watchProgress } from '/client.js'`.
+ * is state). `watchProgressMany(urls, handlers)` follows several documents over one multiplexed
+ * stream (`/events?topic=...`), so a page is not limited by the browser's six connections per
+ * origin. An ES module without dependencies:
+ * `import { watchProgress, watchProgressMany } from '/client.js'`.
  *
  * @module client
  */
@@ -270,4 +273,201 @@ function sleep(seconds, signal) {
     const timer = setTimeout(done, seconds * 1000);
     signal.addEventListener('abort', done);
   });
+}
+
+/**
+ * Watches several documents over one multiplexed stream (`/events?topic=<path>&...`), with the
+ * same guarantees per document as `watchProgress`: each update once, in sequence order, the
+ * terminal one last. EventSource resumes every document where it was after a network cut (its
+ * `Last-Event-ID` is the server's cursor of every topic); where EventSource is missing or keeps
+ * failing, the same endpoint is long-polled.
+ *
+ * @param {string[]} urls the progress resources, e.g. `['/documents/doc-1/progress', ...]`
+ *   (at most the server's `--max-topics`, 50 by default)
+ * @param {object} [options]
+ * @param {(url: string, update: Update) => void} [options.onUpdate] each update of a document
+ * @param {(url: string, update: Update|null) => void} [options.onDone] a document's terminal update
+ * @param {(url: string, error: ServerError) => void} [options.onError] a document's failure that
+ *   retrying cannot fix; the others go on
+ * @param {(state: ConnectionState) => void} [options.onState] each change of the stream's state
+ * @param {boolean} [options.withCredentials=true] send cookies: the BFF reads the token from one
+ * @param {number} [options.fallbackAfter=3] consecutive stream failures before long-polling
+ * @param {number} [options.pollWait=25] seconds one long-poll request may wait (server max 60)
+ * @param {string} [options.endpoint='/events'] the multiplexed endpoint
+ * @returns {{close(): void}} stops watching every document
+ */
+export function watchProgressMany(urls, {
+  onUpdate, onDone, onError, onState, withCredentials = true,
+  fallbackAfter = 3, pollWait = 25, endpoint = '/events',
+} = {}) {
+  const topics = urls.map((url) => new URL(url, globalThis.location?.href).pathname);
+  // Per document: the highest sequence delivered, its update, whether the next one rebases.
+  const docs = new Map(topics.map((topic, i) => [topic, { url: urls[i], last: 0, latest: null, rebase: false, done: false }]));
+  let state = null;
+  let closed = false;
+  let failures = 0;
+  let source = null;
+  let poller = null;
+  let cursor = null; // the server's cursor of every topic, from the last event or poll
+  let retryTimer = 0;
+
+  const setState = (next) => {
+    if (next === state) return;
+    state = next;
+    onState?.(next);
+  };
+
+  /** The endpoint with every topic and extra query parameters. */
+  function target(params) {
+    const url = new URL(endpoint, globalThis.location?.href);
+    for (const topic of topics) url.searchParams.append('topic', topic);
+    for (const [name, value] of Object.entries(params)) url.searchParams.set(name, String(value));
+    return url;
+  }
+
+  function deliver(topic, update) {
+    const doc = docs.get(topic);
+    if (!doc || doc.done || closed || (!doc.rebase && update.sequence <= doc.last)) return;
+    doc.rebase = false;
+    doc.last = update.sequence;
+    doc.latest = update;
+    onUpdate?.(doc.url, update);
+    if (TERMINAL.has(update.status)) end(doc, () => onDone?.(doc.url, update));
+  }
+
+  /** One document is over; when all are, so is the watch. */
+  function end(doc, notify) {
+    if (doc.done) return;
+    doc.done = true;
+    notify();
+    if ([...docs.values()].every((d) => d.done)) finish();
+  }
+
+  function finish() {
+    if (closed) return;
+    closed = true;
+    source?.close();
+    source = null;
+    poller?.abort();
+    clearTimeout(retryTimer);
+    setState('closed');
+  }
+
+  /** A topic's `event: error`: fatal for that document, or a reason to reconnect later. */
+  function topicError(topic, error) {
+    const doc = docs.get(topic);
+    if (!doc || doc.done) return;
+    if (!error.retryable) return end(doc, () => onError?.(doc.url, error));
+    // The topic ended on the server; a new stream from the cursor picks it up again.
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(() => { if (!closed && !poller) reopen(); }, 3000);
+  }
+
+  function open() {
+    const es = new EventSource(target(cursor ? { lastEventId: cursor } : {}), { withCredentials });
+    const onEvent = (event) => {
+      if (es !== source) return;
+      failures = 0;
+      cursor = event.lastEventId || cursor;
+      const parsed = JSON.parse(event.data);
+      if (!('topic' in parsed)) return streamError(parsed); // the stream's own error (token expired)
+      const { topic, data } = parsed;
+      if (event.type === 'reset') {
+        const doc = docs.get(topic);
+        if (doc) doc.rebase = true;
+      } else if (event.type === 'error') {
+        topicError(topic, data);
+      } else {
+        deliver(topic, data);
+      }
+    };
+    for (const name of [...UPDATE_EVENTS, 'reset']) es.addEventListener(name, onEvent);
+    es.addEventListener('open', () => {
+      if (es !== source) return;
+      failures = 0;
+      setState('live');
+    });
+    es.addEventListener('error', (event) => {
+      if (typeof event.data === 'string') return onEvent(event); // a topic's or the stream's error
+      if (es !== source || closed) return;
+      failures += 1;
+      if (es.readyState === EVENTSOURCE_CLOSED || failures >= fallbackAfter) startPolling();
+      else setState('reconnecting');
+    });
+    return es;
+  }
+
+  /** The stream's own `event: error`: EventSource retries a retryable one by itself. */
+  function streamError(error) {
+    if (error.retryable) return setState('reconnecting');
+    for (const doc of docs.values()) end(doc, () => onError?.(doc.url, error));
+  }
+
+  function reopen() {
+    source?.close();
+    source = open();
+  }
+
+  function startPolling() {
+    source?.close();
+    source = null;
+    if (closed || poller) return;
+    poller = new AbortController();
+    setState('polling');
+    pollLoop(poller.signal);
+  }
+
+  async function pollLoop(signal) {
+    let backoff = 1;
+    while (!signal.aborted && !closed) {
+      let response, body;
+      try {
+        response = await fetch(target(cursor ? { after: cursor, wait: pollWait } : { wait: pollWait }), {
+          headers: { Accept: 'application/json' },
+          credentials: withCredentials ? 'include' : 'same-origin',
+          cache: 'no-store',
+          signal,
+        });
+        body = await response.json().catch(() => ({}));
+      } catch {
+        await sleep(backoff, signal);
+        backoff = Math.min(backoff * 2, MAX_BACKOFF_SECONDS);
+        continue;
+      }
+      if (signal.aborted || closed) return;
+      if (!response.ok) {
+        const { status } = response;
+        const error = { code: `http_${status}`, message: response.statusText, httpStatus: status,
+          retryable: status === 429 || status >= 500, ...body };
+        if (!error.retryable) {
+          for (const doc of docs.values()) end(doc, () => onError?.(doc.url, error));
+          return;
+        }
+        await sleep(Number(response.headers.get('Retry-After')) || backoff, signal);
+        backoff = Math.min(backoff * 2, MAX_BACKOFF_SECONDS);
+        continue;
+      }
+      backoff = 1;
+      for (const { topic, data } of body.events ?? []) {
+        if (data && typeof data.code === 'string' && !('sequence' in data)) topicError(topic, data);
+        else deliver(topic, data);
+      }
+      cursor = body.lastEventId ?? cursor;
+      if (closed) return;
+      if (body.done) {
+        // Every topic is over; those whose terminal update came before the cursor end with
+        // the latest they had.
+        for (const doc of docs.values()) end(doc, () => onDone?.(doc.url, doc.latest));
+        return;
+      }
+    }
+  }
+
+  if (typeof EventSource !== 'undefined') {
+    setState('connecting');
+    source = open();
+  } else {
+    startPolling();
+  }
+  return { close: finish };
 }

@@ -28,6 +28,13 @@ pub enum ApiError {
     /// `Last-Event-ID` (or `lastEventId`) is not 1 to 20 digits.
     #[error("Last-Event-ID must be a decimal sequence number of at most 20 digits")]
     InvalidLastEventId,
+    /// A multiplexed stream's cursor (`Last-Event-ID`, `lastEventId` or `after`) does not fit
+    /// its topics.
+    #[error("Last-Event-ID is not a cursor of these topics: {0}")]
+    InvalidCursor(crate::http::events::CursorError),
+    /// A `topic` of `/events` is missing, malformed, repeated or one too many.
+    #[error("{0}")]
+    InvalidTopic(String),
     /// The long-poll `wait` is not a number of seconds.
     #[error("wait must be a number of seconds (at most 60)")]
     InvalidWait,
@@ -96,7 +103,9 @@ impl ApiError {
             Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::InvalidLastEventId | Self::InvalidWait => StatusCode::BAD_REQUEST,
+            Self::InvalidLastEventId | Self::InvalidWait | Self::InvalidCursor(_) | Self::InvalidTopic(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Unauthorized | Self::TokenExpired => StatusCode::UNAUTHORIZED,
             Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -113,7 +122,8 @@ impl ApiError {
             Self::NotAcceptable => "not_acceptable",
             Self::ForbiddenOrigin => "forbidden_origin",
             Self::NoRoute => "no_route",
-            Self::InvalidLastEventId => "invalid_last_event_id",
+            Self::InvalidLastEventId | Self::InvalidCursor(_) => "invalid_last_event_id",
+            Self::InvalidTopic(_) => "invalid_topic",
             Self::InvalidWait => "invalid_wait",
             Self::Unauthorized => "unauthorized",
             Self::TokenExpired => "token_expired",
@@ -139,6 +149,8 @@ impl ApiError {
             | Self::ForbiddenOrigin
             | Self::NoRoute
             | Self::InvalidLastEventId
+            | Self::InvalidCursor(_)
+            | Self::InvalidTopic(_)
             | Self::InvalidWait
             | Self::Unauthorized
             | Self::HeadersTooLarge => false,

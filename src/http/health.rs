@@ -34,8 +34,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     }
     let answers = futures_util::future::join_all(state.health.iter().map(check)).await;
     let (ready, failed): (Vec<_>, Vec<_>) = answers.into_iter().partition(Result::is_ok);
-    if !failed.is_empty() {
-        let reasons: Vec<String> = failed.into_iter().filter_map(Result::err).collect();
+    // A route whose upstream's descriptors have not arrived answers 503: so does readiness.
+    let waiting: std::collections::BTreeSet<String> =
+        state.routes.iter().filter_map(|hub| hub.resource().available().err().map(|e| e.message)).collect();
+    let reasons: Vec<String> = failed.into_iter().filter_map(Result::err).chain(waiting).collect();
+    if !reasons.is_empty() {
         return Err(ApiError::NotReady(reasons.join("; ")));
     }
     let lines: String = ready.into_iter().filter_map(Result::ok).map(|line| line + "\n").collect();

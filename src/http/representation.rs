@@ -32,6 +32,11 @@ use crate::{
 };
 
 /// The JSON data of the `reset` event.
+pub fn reset_data() -> &'static [u8] {
+    RESET.as_bytes()
+}
+
+/// The JSON data of the `reset` event, as text.
 const RESET: &str = r#"{"reason":"the requested resume point is no longer available; this is the current state"}"#;
 
 /// What the client asked for.
@@ -208,28 +213,54 @@ impl<S: Stream<Item = Bytes>> Stream for Coalesce<S> {
 #[serde(rename_all = "camelCase")]
 struct LongPoll {
     events: Vec<Box<RawValue>>,
-    last_event_id: u64,
+    last_event_id: LastId,
     done: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     reset: bool,
 }
 
+/// A long-poll's `lastEventId`: a resource's event id, or a multiplexed stream's cursor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum LastId {
+    /// An event id of one resource.
+    Id(u64),
+    /// The cursor of a multiplexed stream.
+    Cursor(String),
+}
+
+impl LastId {
+    fn of(event: &StreamEvent) -> Self {
+        match &event.cursor {
+            Some(cursor) => Self::Cursor(cursor.to_string()),
+            None => Self::Id(event.id),
+        }
+    }
+}
+
 /// `application/json`: every event after `after` that exists now, or the first one to come
-/// within `wait`; without `after`, the latest at once.
+/// within `wait`; with `latest`, the latest at once. `done` once the terminal event, or the
+/// end of the stream (a multiplexed stream whose every topic ended), is in the answer.
 pub async fn long_poll(
     mut events: ViewerStream,
     reset: bool,
-    after: Option<u64>,
+    after: LastId,
+    latest: bool,
     wait: Duration,
     mut viewer: Viewer,
 ) -> Response {
-    let first = match after {
-        None => events.next().now_or_never().flatten(),
-        Some(_) => tokio::time::timeout(wait, events.next()).await.ok().flatten(),
+    // `None`: nothing came; `Some(None)`: the stream ended.
+    let first = match latest {
+        true => events.next().now_or_never(),
+        false => tokio::time::timeout(wait, events.next()).await.ok(),
     };
-    let mut poll = LongPoll { events: Vec::new(), last_event_id: after.unwrap_or(0), done: false, reset };
+    let mut poll = LongPoll { events: Vec::new(), last_event_id: after, done: false, reset };
     let mut next = first;
     while let Some(item) = next {
+        let Some(item) = item else {
+            poll.done = true;
+            break;
+        };
         match item {
             Delivery::Reset => {
                 // The resume point was past the end: what follows replaces what the client had.
@@ -238,7 +269,7 @@ pub async fn long_poll(
             }
             Delivery::Event(event) => {
                 viewer.metrics.event_sent(event.emitted_at);
-                poll.last_event_id = event.id;
+                poll.last_event_id = LastId::of(&event);
                 poll.done = event.kind.is_terminal();
                 // The data is one line of JSON produced by serde_json; it cannot fail to parse.
                 if let Ok(raw) = RawValue::from_string(String::from_utf8_lossy(&event.data).into_owned()) {
@@ -252,13 +283,14 @@ pub async fn long_poll(
             // Deliver what arrived; the next poll reports the error.
             Delivery::Failed(_) => break,
         }
-        next = events.next().now_or_never().flatten();
+        next = events.next().now_or_never();
     }
     poll_response(&poll)
 }
 
-/// A finished resource as a long-poll answer: no events, the terminal event's id, done.
-pub fn long_poll_finished(last: u64) -> Response {
+/// A finished resource as a long-poll answer: no events, the terminal event's id (or the
+/// cursor), done.
+pub fn long_poll_finished(last: LastId) -> Response {
     poll_response(&LongPoll { events: Vec::new(), last_event_id: last, done: true, reset: false })
 }
 
@@ -304,7 +336,8 @@ fn ws_messages(output: Output) -> (Vec<Message>, bool) {
         Output::Reset => (vec![text(format!(r#"{{"event":"reset","data":{RESET}}}"#))], false),
         Output::Event(event) => {
             let data = String::from_utf8_lossy(&event.data);
-            (vec![text(format!(r#"{{"id":"{}","event":"{}","data":{data}}}"#, event.id, event.kind.name()))], false)
+            let id = event.sse_id();
+            (vec![text(format!(r#"{{"id":"{id}","event":"{}","data":{data}}}"#, event.kind.name()))], false)
         }
         Output::Heartbeat => (vec![Message::Ping(Bytes::new())], false),
         Output::End(Ending::Terminal) => (vec![close(1000, "done")], true),

@@ -19,7 +19,7 @@ use axum::{
 
 use super::{
     ApiError, AppState,
-    representation::{self, DirectEvents, Representation},
+    representation::{self, DirectEvents, LastId, Representation},
     server::DirectWrite,
     stream::{Viewer, feed},
 };
@@ -35,7 +35,7 @@ const MAX_REQUEST_ID: usize = 128;
 /// `u64::MAX` has 20 digits.
 const MAX_LAST_EVENT_ID: usize = 20;
 /// The default and the longest long-poll wait, in seconds.
-const POLL_WAIT: (u64, u64) = (25, 60);
+pub(super) const POLL_WAIT: (u64, u64) = (25, 60);
 
 /// Streams a resource's events in the representation the client asked for.
 #[tracing::instrument(skip_all, fields(route = hub.route(), id, request_id, user))]
@@ -50,26 +50,12 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let span = tracing::Span::current();
     let started = Instant::now();
-    // CORS does not cover WebSocket handshakes: a page of another site could open one with the
-    // user's cookie. Refused before the token is even looked at.
-    if upgrade.is_ok() && !same_or_allowed_origin(&headers, &uri, &state.allowed_origins) {
-        return Err(ApiError::ForbiddenOrigin);
-    }
-    let principal = state.auth.authenticate(&headers, uri.query()).map_err(|reason| {
-        tracing::warn!(%reason, "authentication failed");
-        state.metrics.auth_failed(reason.label());
-        ApiError::Unauthorized
-    })?;
-    match &principal {
-        Some(principal) => {
-            span.record("user", principal.user_id.as_str());
-        }
-        None => tracing::warn!("serving a stream without authentication (--insecure-no-auth)"),
-    }
+    let principal = admit(&state, &headers, &uri, upgrade.is_ok())?;
     let resource = hub.resource();
     let params = match path {
         Ok(Path(params)) => params,
-        // A parameter that is not valid UTF-8 once decoded: refused by the first rule.
+        // A parameter that is not valid UTF-8 once decoded: no parameter at all, which the
+        // check refuses with the first parameter's code.
         Err(_) => Vec::new(),
     };
     resource.check(&params).map_err(ApiError::InvalidParameter)?;
@@ -112,7 +98,7 @@ pub async fn stream(
     let subscription = hub.subscribe(call, resume, sink).await.map_err(ApiError::Upstream)?;
     let (reset, events) = match subscription {
         Subscription::Finished { last } if representation == Some(Representation::LongPoll) => {
-            return Ok(representation::long_poll_finished(last));
+            return Ok(representation::long_poll_finished(LastId::Id(last)));
         }
         // The viewer already has the terminal event: 204 tells EventSource to stop reconnecting.
         Subscription::Finished { .. } => return Ok(StatusCode::NO_CONTENT.into_response()),
@@ -121,7 +107,7 @@ pub async fn stream(
     let metrics = state.metrics.stream_opened(hub.route(), transport);
     let viewer = Viewer { permit, expires_at: principal.map(|p| p.expires_at), metrics, started };
     let mut response = if transport == Transport::LongPoll {
-        representation::long_poll(events, reset, resume, wait, viewer).await
+        representation::long_poll(events, reset, LastId::Id(resume.unwrap_or(0)), resume.is_none(), wait, viewer).await
     } else {
         let feed = feed(events, reset, state.stream.clone(), state.shutdown.clone(), viewer);
         match (upgrade, transport) {
@@ -134,6 +120,34 @@ pub async fn stream(
         response.headers_mut().insert("x-request-id", request_id);
     }
     Ok(response)
+}
+
+/// Lets a stream request in: refuses a WebSocket upgrade from a foreign origin, then
+/// authenticates (logging and counting a failure's reason, never the token), and records the
+/// user in the current span.
+pub(super) fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    upgrade: bool,
+) -> Result<Option<Principal>, ApiError> {
+    // CORS does not cover WebSocket handshakes: a page of another site could open one with the
+    // user's cookie. Refused before the token is even looked at.
+    if upgrade && !same_or_allowed_origin(headers, uri, &state.allowed_origins) {
+        return Err(ApiError::ForbiddenOrigin);
+    }
+    let principal = state.auth.authenticate(headers, uri.query()).map_err(|reason| {
+        tracing::warn!(%reason, "authentication failed");
+        state.metrics.auth_failed(reason.label());
+        ApiError::Unauthorized
+    })?;
+    match &principal {
+        Some(principal) => {
+            tracing::Span::current().record("user", principal.user_id.as_str());
+        }
+        None => tracing::warn!("serving a stream without authentication (--insecure-no-auth)"),
+    }
+    Ok(principal)
 }
 
 /// The resume point: the `Last-Event-ID` header, else `?lastEventId=` (which EventSource users
@@ -149,7 +163,7 @@ pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<
 }
 
 /// A numeric query parameter (`lastEventId`, `after`, `wait`): at most once, 1 to 20 digits.
-fn query_number(query: &str, key: &str) -> Result<Option<u64>, ()> {
+pub(super) fn query_number(query: &str, key: &str) -> Result<Option<u64>, ()> {
     let mut values = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == key);
     match (values.next(), values.next()) {
         (Some(_), Some(_)) => Err(()),
@@ -191,7 +205,7 @@ fn same_or_allowed_origin(headers: &HeaderMap, uri: &Uri, allowed: &[HeaderValue
 
 /// The identity passed to the upstream. A valid inbound `x-request-id` is kept so logs on both
 /// sides line up; anything else is replaced by a fresh one.
-fn identity(headers: &HeaderMap, principal: Option<&Principal>) -> Identity {
+pub(super) fn identity(headers: &HeaderMap, principal: Option<&Principal>) -> Identity {
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

@@ -13,9 +13,13 @@
 //! `Expect` (every `GET` an `EventSource`, `curl` or a proxy sends). hyper serves the rest of
 //! such a connection: WebSocket upgrades, requests with a body, HTTP/2 and malformed heads (it
 //! answers those with its own 400 or 431).
+//!
+//! With TLS (`tls.rs`) hyper serves every connection, HTTP/2 or HTTP/1.1 as ALPN chose: the
+//! loop here writes to the socket itself, which a TLS stream does not allow.
 
 mod direct;
 mod handover;
+mod tls;
 mod wire;
 
 use std::{
@@ -37,6 +41,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt as _;
 
 pub use self::direct::DirectWrite;
+pub use self::tls::{Tls, TlsError};
 use self::wire::{Framing, LAST_CHUNK, Parsed};
 use super::{ApiError, HttpService};
 
@@ -56,13 +61,20 @@ pub struct ServerSettings {
     /// The most bytes of request headers accepted (larger ones are answered 431, by the server
     /// itself when the head is longer than this plus 8 KiB for the request line).
     pub max_header_bytes: usize,
+    /// Serve TLS with this certificate (reloaded when its files change) instead of plain TCP;
+    /// see [`ServerSettings::load_tls`].
+    pub tls: Option<Tls>,
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled, then waits for the open
 /// ones to end (streams select on the same token and end with a reconnect hint).
 pub async fn serve(listener: TcpListener, service: HttpService, settings: ServerSettings, shutdown: CancellationToken) {
+    let tls = settings.tls.clone();
     let server = Arc::new(Server { service, settings, shutdown: shutdown.clone() });
     let connections = TaskTracker::new();
+    if let Some(tls) = &tls {
+        connections.spawn(tls.clone().watch(shutdown.clone()));
+    }
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -73,7 +85,14 @@ pub async fn serve(listener: TcpListener, service: HttpService, settings: Server
                 // Events are small writes that must not wait for Nagle; failing to set the
                 // option only costs latency.
                 let _ = stream.set_nodelay(true);
-                connections.spawn(Arc::clone(&server).connection(stream));
+                match &tls {
+                    None => {
+                        connections.spawn(Arc::clone(&server).connection(stream));
+                    }
+                    Some(tls) => {
+                        connections.spawn(tls.clone().connection(Arc::clone(&server), stream));
+                    }
+                }
             }
             Err(error) if is_connection_error(&error) => {}
             Err(error) => {
@@ -127,6 +146,15 @@ impl Server {
         self.settings.max_header_bytes + REQUEST_LINE_ALLOWANCE
     }
 
+    /// The bounds of a connection served by hyper.
+    fn bounds(&self) -> handover::Bounds {
+        handover::Bounds {
+            stall_timeout: self.settings.stall_timeout,
+            head_timeout: HEAD_TIMEOUT,
+            read_limit: self.read_limit(),
+        }
+    }
+
     async fn connection(self: Arc<Self>, stream: TcpStream) {
         // Shared with the hub's direct writes (by weak reference) while a stream waits.
         let stream = Arc::new(stream);
@@ -146,12 +174,7 @@ impl Server {
                     let Ok(stream) = Arc::try_unwrap(stream) else { return };
                     let (service, shutdown) = (self.service.clone(), self.shutdown.clone());
                     // Boxed: hyper's connection state is large, and only these connections need it.
-                    let bounds = handover::Bounds {
-                        stall_timeout: self.settings.stall_timeout,
-                        head_timeout: HEAD_TIMEOUT,
-                        read_limit: self.read_limit(),
-                    };
-                    let handover = handover::serve(stream, read, service, bounds, shutdown);
+                    let handover = handover::serve(stream, read, service, self.bounds(), shutdown);
                     return Box::pin(handover).await;
                 }
                 Ok(Ok(Head::TooLarge)) => {

@@ -30,6 +30,8 @@ pub struct StreamSettings {
     /// The longest a stream stays open, whatever the token's lifetime; the client then
     /// reconnects and resumes.
     pub max_lifetime: Duration,
+    /// The most topics of one multiplexed stream (`/events`).
+    pub max_topics: usize,
 }
 
 /// One viewer: its limits permit, when its credentials run out, and its metrics.

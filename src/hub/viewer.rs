@@ -61,6 +61,12 @@ impl Stream for ViewerStream {
 }
 
 impl ViewerStream {
+    /// A viewer stream made of `events`, which the hub never writes to a connection itself (a
+    /// multiplexed stream's merge of several topics).
+    pub fn from_stream(events: impl Stream<Item = Delivery> + Send + 'static) -> Self {
+        Self { events: Box::pin(events), parking: None }
+    }
+
     /// Events the hub wrote to the connection itself since the last call (they never pass
     /// through this stream), and when it last did.
     pub fn take_written_directly(&self) -> (u64, Option<Instant>) {

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use sse_bff::sse::Frame;
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
-use crate::helpers::{PATIENCE, SECRET, SseReader, TestApp, WebSocket, WsError, bearer, events, fresh, names, problem};
+use crate::helpers::{
+    PATIENCE, SECRET, SseReader, TestApp, WsError, bearer, events, fresh, names, problem, read_websocket,
+};
 
 // 1. A viewer must always learn how the job ended.
 
@@ -337,20 +339,6 @@ fn ndjson_as(token: &str) -> HeaderMap {
 async fn ndjson_lines(response: reqwest::Response) -> Vec<Value> {
     let body = tokio::time::timeout(PATIENCE, response.text()).await.expect("NDJSON body within patience").unwrap();
     body.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).expect("each line is JSON")).collect()
-}
-
-/// Every text frame (parsed) until the close, and the close code.
-async fn read_websocket(mut socket: WebSocket) -> (Vec<Value>, Option<CloseCode>) {
-    let mut frames = Vec::new();
-    loop {
-        match tokio::time::timeout(PATIENCE, socket.next()).await.expect("a WebSocket frame within patience") {
-            Some(Ok(Message::Text(text))) => frames.push(serde_json::from_str(&text).expect("each frame is JSON")),
-            Some(Ok(Message::Close(frame))) => return (frames, frame.map(|f| f.code)),
-            Some(Ok(_)) => {}
-            None => return (frames, None),
-            Some(Err(error)) => panic!("WebSocket broke after {frames:?}: {error}"),
-        }
-    }
 }
 
 /// The value of one sample (`name` or `name{labels}`) of a metrics exposition.

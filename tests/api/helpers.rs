@@ -3,6 +3,7 @@
 
 use std::{collections::VecDeque, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use futures_util::StreamExt as _;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
 use sse_bff::{
@@ -11,6 +12,7 @@ use sse_bff::{
     sim::{SimConfig, SimStats},
     sse::{Decoder, Frame},
 };
+use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 use tokio_util::sync::CancellationToken;
 
 /// How long any single wait in a test may take before the test fails instead of hanging.
@@ -453,4 +455,18 @@ impl Binary {
 pub fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("local addr")
+}
+
+/// Every text frame (parsed) until the close, and the close code.
+pub async fn read_websocket(mut socket: WebSocket) -> (Vec<Value>, Option<CloseCode>) {
+    let mut frames = Vec::new();
+    loop {
+        match tokio::time::timeout(PATIENCE, socket.next()).await.expect("a WebSocket frame within patience") {
+            Some(Ok(Message::Text(text))) => frames.push(serde_json::from_str(&text).expect("each frame is JSON")),
+            Some(Ok(Message::Close(frame))) => return (frames, frame.map(|f| f.code)),
+            Some(Ok(_)) => {}
+            None => return (frames, None),
+            Some(Err(error)) => panic!("WebSocket broke after {frames:?}: {error}"),
+        }
+    }
 }

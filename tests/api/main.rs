@@ -3,6 +3,7 @@
 //! real HTTP client that parses SSE.
 
 mod errors;
+mod events;
 mod faults;
 mod grpcurl;
 mod helpers;
@@ -17,3 +18,4 @@ mod security;
 mod server;
 mod sim;
 mod stream;
+mod tls;

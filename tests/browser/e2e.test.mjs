@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { createWriteStream, readFileSync } from 'node:fs';
 import { copyFile, mkdir } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -21,6 +21,8 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = path.resolve(ROOT, process.env.SSE_BFF_BIN ?? 'target/debug/sse-bff');
 const ARTIFACTS = path.join(ROOT, 'artifacts');
 const DOCS = ['doc-1', 'doc-2', 'doc-3', 'scan-42'];
+/** The demo page shows three documents of each script: twelve, over one multiplexed stream. */
+const ROWS = 3 * DOCS.length;
 const LAUNCH = {
   executablePath: '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
@@ -89,6 +91,29 @@ function start(name, args) {
   return proc;
 }
 
+/**
+ * A TCP proxy on a free loopback port in front of `port`, whose `cut()` breaks every connection
+ * open through it (new ones still pass): a network cut, as the browser sees one.
+ */
+async function cuttableProxy(port) {
+  const sockets = new Set();
+  const server = createServer((client) => {
+    const upstream = connect(Number(port), '127.0.0.1');
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => {});
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    base: `http://127.0.0.1:${server.address().port}`,
+    cut: () => sockets.forEach((socket) => socket.destroy()),
+    close: () => { server.close(); sockets.forEach((socket) => socket.destroy()); },
+  };
+}
+
 /** Polls `url` until it answers 200 (readiness without fixed sleeps). */
 async function waitReady(url, proc, timeoutMs = 15_000) {
   const deadline = Date.now() + timeoutMs;
@@ -133,13 +158,14 @@ async function waitFinished(page, timeoutMs) {
   await page.waitForFunction((count) => {
     const rows = document.querySelectorAll('tr[data-doc]');
     return rows.length === count && [...rows].every((row) => ['completed', 'failed', 'error'].includes(row.dataset.status));
-  }, DOCS.length, { timeout: timeoutMs, polling: 100 });
+  }, ROWS, { timeout: timeoutMs, polling: 100 });
 }
 
-/** What the page shows and recorded, per script name (doc-1, ...). */
+/** What the page shows and recorded, per row (by document id). */
 async function snapshot(page) {
   const rows = await page.$$eval('tr[data-doc]', (trs) => trs.map((row) => ({
     id: row.dataset.doc,
+    script: row.dataset.script,
     status: row.dataset.status,
     state: row.dataset.state,
     name: row.querySelector('.name').textContent,
@@ -151,17 +177,19 @@ async function snapshot(page) {
     code: row.querySelector('code').hidden ? null : row.querySelector('code').textContent,
     badge: row.querySelector('.badge').textContent,
     received: window.__received[row.dataset.doc],
+    times: window.__times[row.dataset.doc],
     states: window.__states[row.dataset.doc] ?? [],
   })));
-  return Object.fromEntries(rows.map((row) => [row.name, row]));
+  return Object.fromEntries(rows.map((row) => [row.id, row]));
 }
 
 /** Each row shows the final update of its script, closed, with the right text. */
 function assertFinal(rows) {
-  assert.deepEqual(Object.keys(rows).sort(), [...DOCS].sort());
-  for (const name of DOCS) {
+  const scripts = Object.values(rows).map((row) => row.script).sort();
+  assert.deepEqual(scripts, DOCS.flatMap((name) => [name, name, name]).sort(), 'three rows of each script');
+  for (const row of Object.values(rows)) {
+    const name = row.script;
     const { final } = JOBS[name];
-    const row = rows[name];
     assert.match(row.id, new RegExp(`^${name}\\.[a-z0-9]+$`), `${name}: a fresh id per page load`);
     assert.equal(row.status, final.status, `${name}: status`);
     assert.equal(row.state, 'closed', `${name}: connection state`);
@@ -173,12 +201,13 @@ function assertFinal(rows) {
     assert.equal(row.code, final.error_code ?? null, `${name}: error code`);
   }
   // Newlines in server text are rendered as line breaks.
-  assert.equal(rows['doc-3'].renderedMessage, JOBS['doc-3'].final.message);
-  assert.match(rows['doc-3'].renderedMessage, /\n/);
+  const doc3 = Object.values(rows).find((row) => row.script === 'doc-3');
+  assert.equal(doc3.renderedMessage, JOBS['doc-3'].final.message);
+  assert.match(doc3.renderedMessage, /\n/);
 }
 
 /** The sequences a row received: from its first one on, each exactly once, no gap, up to the terminal one. */
-function assertContiguous(name, received) {
+function assertContiguous({ script: name, received }) {
   assert.ok(received.length > 0, `${name}: received nothing`);
   const first = received[0];
   const expected = Array.from({ length: JOBS[name].terminal - first + 1 }, (_, i) => first + i);
@@ -197,11 +226,53 @@ describe('demo server', () => {
     await waitFinished(page, 30_000);
     const rows = await snapshot(page);
     assertFinal(rows);
-    for (const name of DOCS) {
-      assertContiguous(name, rows[name].received);
-      assert.ok(rows[name].states.includes('live'), `${name}: was live over EventSource`);
+    for (const row of Object.values(rows)) {
+      assertContiguous(row);
+      assert.ok(row.states.includes('live'), `${row.id}: was live over EventSource`);
     }
     assert.deepEqual(problems, []);
+    await context.close();
+  });
+
+  test('all twelve bars move at once over one stream', { timeout: 60_000 }, async () => {
+    const { context, page, problems } = await newPage();
+    const streams = [];
+    page.on('request', (request) => request.resourceType() === 'eventsource' && streams.push(request.url()));
+    await page.goto(`${demo.base}/`);
+    await waitFinished(page, 30_000);
+    const rows = Object.values(await snapshot(page));
+    assert.equal(rows.length, 12);
+    // Each bar got its second update before any bar completed: all twelve were live together,
+    // which twelve EventSources over HTTP/1.1 (six connections per origin) cannot be.
+    const seconds = rows.map((row) => row.times[1]);
+    const firstEnd = Math.min(...rows.map((row) => row.times.at(-1)));
+    assert.ok(seconds.every((t) => t < firstEnd), `second updates ${seconds} before the first end at ${firstEnd}`);
+    assert.equal(streams.length, 1, `one EventSource for all twelve: ${streams}`);
+    assert.match(streams[0], /\/events\?topic=/);
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
+  test('a network cut mid-way resumes all twelve with nothing lost or repeated', { timeout: 60_000 }, async () => {
+    const proxy = await cuttableProxy(new URL(demo.base).port);
+    const { context, page, problems } = await newPage();
+    const streams = [];
+    page.on('request', (request) => request.resourceType() === 'eventsource' && streams.push(request.url()));
+    await page.goto(`${proxy.base}/`);
+    // Cut every connection once every bar has had two updates: the browser sees the network go.
+    await page.waitForFunction(() => Object.values(window.__received).every((got) => got.length >= 2),
+      undefined, { timeout: 15_000, polling: 20 });
+    proxy.cut();
+    await waitFinished(page, 45_000);
+    proxy.close();
+    const rows = await snapshot(page);
+    assertFinal(rows);
+    for (const row of Object.values(rows)) assertContiguous(row);
+    const cut = Object.values(rows).filter((row) => row.states.includes('reconnecting') || row.states.includes('polling'));
+    assert.ok(cut.length > 0, 'the cut was noticed: the stream reconnected');
+    assert.ok(streams.length >= 2, `the stream was opened again after the cut: ${streams.length}`);
+    assert.ok(streams.slice(1).every((url) => /lastEventId=|\/events\?/.test(url)), `${streams}`);
+    assert.deepEqual(problems.filter((text) => !/ERR_INCOMPLETE_CHUNKED_ENCODING|ERR_CONNECTION_RESET|ERR_EMPTY_RESPONSE/.test(text)), []);
     await context.close();
   });
 
@@ -212,14 +283,14 @@ describe('demo server', () => {
     await page.goto(`${demo.base}/?noEventSource=1`);
     assert.equal(await page.evaluate(() => typeof window.EventSource), 'undefined');
     await page.waitForFunction((count) => document.querySelectorAll('tr[data-state=polling]').length === count,
-      DOCS.length, { timeout: 10_000, polling: 50 });
+      ROWS, { timeout: 10_000, polling: 50 });
     await page.locator('tr[data-doc] .badge', { hasText: 'polling' }).first().waitFor();
     await waitFinished(page, 30_000);
     const rows = await snapshot(page);
     assertFinal(rows);
-    for (const name of DOCS) {
-      assertContiguous(name, rows[name].received);
-      assert.deepEqual(rows[name].states, ['polling', 'closed'], `${name}: states`);
+    for (const row of Object.values(rows)) {
+      assertContiguous(row);
+      assert.deepEqual(row.states, ['polling', 'closed'], `${row.id}: states`);
     }
     assert.deepEqual(streams, [], 'no EventSource request');
     assert.deepEqual(problems, []);
@@ -286,8 +357,8 @@ describe('BFF restart mid-job', () => {
     await waitFinished(page, 45_000);
     const rows = await snapshot(page);
     assertFinal(rows);
-    for (const name of DOCS) assertContiguous(name, rows[name].received);
-    const { received, states } = rows['doc-2'];
+    for (const row of Object.values(rows)) assertContiguous(row);
+    const { received, states } = rows[doc2];
     t.diagnostic(`doc-2: received ${received} (${before.length} before the restart), states ${states}`);
     assert.ok(before.at(-1) < JOBS['doc-2'].terminal, 'the restart landed mid-job');
     assert.deepEqual(received.slice(0, before.length), before);

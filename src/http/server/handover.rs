@@ -1,6 +1,7 @@
 //! Connections the server hands to hyper (WebSocket upgrades, requests with a body, HTTP/2,
-//! malformed heads): the bytes already read are replayed first, and a write that stays
-//! blocked for the stall timeout fails, so that a client that stopped reading is dropped.
+//! malformed heads, and every TLS connection): the bytes already read are replayed first, and a
+//! write that stays blocked for the stall timeout fails, so that a client that stopped reading
+//! is dropped.
 
 use std::{
     io,
@@ -19,7 +20,6 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
     time::Sleep,
 };
 use tokio_util::sync::CancellationToken;
@@ -39,14 +39,12 @@ pub struct Bounds {
     pub read_limit: usize,
 }
 
-/// Serves the rest of the connection with hyper, HTTP/1 or HTTP/2, upgrades included.
-pub async fn serve(
-    stream: TcpStream,
-    read: Vec<u8>,
-    service: HttpService,
-    bounds: Bounds,
-    shutdown: CancellationToken,
-) {
+/// Serves the rest of the connection with hyper, HTTP/1 or HTTP/2 (whichever the first bytes
+/// are), upgrades included. `stream` is a TCP stream or a TLS stream over one.
+pub async fn serve<S>(stream: S, read: Vec<u8>, service: HttpService, bounds: Bounds, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(HandedOver { stream, read, replayed: 0, timeout: bounds.stall_timeout, stalled: None });
     let service = TowerToHyperService::new(service.map_request(|request: Request<Incoming>| request.map(Body::new)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -56,6 +54,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(bounds.head_timeout)
         .max_buf_size(bounds.read_limit.max(8 * 1024));
+    // The same header bound over HTTP/2 (hyper's own default is 16 KiB).
+    builder.http2().max_header_list_size(u32::try_from(bounds.read_limit).unwrap_or(u32::MAX));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -73,15 +73,15 @@ pub async fn serve(
 /// A connection whose first bytes were already read, with the stall guard on writes. The timer
 /// only exists while a write is blocked, so idle connections pay nothing for it.
 #[derive(Debug)]
-struct HandedOver {
-    stream: TcpStream,
+struct HandedOver<S> {
+    stream: S,
     read: Vec<u8>,
     replayed: usize,
     timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
-impl HandedOver {
+impl<S> HandedOver<S> {
     fn guard<T>(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if result.is_ready() {
             self.stalled = None;
@@ -94,7 +94,7 @@ impl HandedOver {
     }
 }
 
-impl AsyncRead for HandedOver {
+impl<S: AsyncRead + Unpin> AsyncRead for HandedOver<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if let Some(rest) = this.read.get(this.replayed..).filter(|rest| !rest.is_empty()) {
@@ -111,7 +111,7 @@ impl AsyncRead for HandedOver {
     }
 }
 
-impl AsyncWrite for HandedOver {
+impl<S: AsyncWrite + Unpin> AsyncWrite for HandedOver<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.stream).poll_write(cx, buf);
         self.guard(cx, result)
