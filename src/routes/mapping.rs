@@ -19,7 +19,8 @@ pub struct Mapped<'r> {
     pub data: Vec<u8>,
 }
 
-/// A message the route cannot turn into an event: a malformed upstream message (a 502).
+/// A message the route cannot turn into an event: the upstream broke its own contract (served
+/// as 500 `internal`, like the document route's invalid status).
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
     /// The id field is zero or negative.
@@ -72,7 +73,16 @@ fn id(message: &DynamicMessage, field: &FieldDescriptor) -> Result<u64, MapError
     };
     match id {
         Some(id) if id > 0 => Ok(id),
-        _ => Err(MapError::Id { field: field.name().into(), value: format!("{value:?}") }),
+        _ => {
+            let value = match value.as_ref() {
+                Value::U64(v) => v.to_string(),
+                Value::U32(v) => v.to_string(),
+                Value::I64(v) => v.to_string(),
+                Value::I32(v) => v.to_string(),
+                other => format!("{other:?}"),
+            };
+            Err(MapError::Id { field: field.name().into(), value })
+        }
     }
 }
 

@@ -96,7 +96,10 @@ impl RouteResource {
         let mapped = self.route.map(message).map_err(|e| UpstreamError::new(Code::Internal, e.to_string()))?;
         let id = mapped.id.unwrap_or(*last + 1);
         *last = id;
-        let kind = self.kinds.get(mapped.name).copied().unwrap_or(EventKind::PROGRESS);
+        // Every name a route can produce was made a kind when it loaded.
+        let kind = self.kinds.get(mapped.name).copied().ok_or_else(|| {
+            UpstreamError::new(Code::Internal, format!("route {} has no event named {}", self.path, mapped.name))
+        })?;
         let emitted_at = self.emitted_at.as_ref().and_then(|field| {
             let value = message.get_field(field);
             let at = value.as_message()?.transcode_to::<prost_types::Timestamp>().ok()?;
