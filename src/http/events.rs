@@ -32,13 +32,12 @@ use self::cursor::Position;
 use super::{
     ApiError, AppState,
     representation::{self, LastId, Representation, reset_data},
-    resource::{POLL_WAIT, admit, identity, query_number},
-    stream::{Viewer, feed},
+    resource::{POLL_WAIT, Poll, admit, identity, query_number, respond, transport},
+    stream::Viewer,
 };
 use crate::{
     event::{EventKind, StreamEvent},
     hub::{Delivery, Hub, Subscription, ViewerStream},
-    metrics::Transport,
     upstream::{Call, UpstreamError},
 };
 
@@ -109,26 +108,12 @@ pub async fn stream(
         // Nothing to stream: the first failure is the answer, as it would be for one resource.
         return Err(ApiError::Upstream(error.clone()));
     }
-    let transport = match (&upgrade, representation) {
-        (Some(_), _) => Transport::WebSocket,
-        (None, Some(Representation::LongPoll)) => Transport::LongPoll,
-        (None, Some(Representation::Ndjson)) => Transport::Ndjson,
-        (None, _) => Transport::Sse,
-    };
-    let after = LastId::Cursor(cursor::format(&opened.positions));
+    let transport = transport(upgrade.is_some(), representation);
+    let poll = Poll { after: LastId::Cursor(cursor::format(&opened.positions)), latest: false, wait };
     let events = ViewerStream::from_stream(opened.merge(topics));
     let metrics = state.metrics.stream_opened(ROUTE, transport);
     let viewer = Viewer { permit, expires_at: principal.map(|p| p.expires_at), metrics, started };
-    let mut response = if long_poll {
-        representation::long_poll(events, false, after, false, wait, viewer).await
-    } else {
-        let feed = feed(events, false, state.stream.clone(), state.shutdown.clone(), viewer);
-        match (upgrade, transport) {
-            (Some(upgrade), _) => representation::websocket(upgrade, feed),
-            (None, Transport::Ndjson) => representation::ndjson(feed),
-            (None, _) => representation::event_stream(feed, state.stream.retry),
-        }
-    };
+    let mut response = respond(&state, events, false, upgrade, transport, poll, viewer).await;
     if let Some(request_id) = request_id {
         response.headers_mut().insert("x-request-id", request_id);
     }

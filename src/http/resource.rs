@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     auth::Principal,
-    hub::{Hub, Sink, Subscription},
+    hub::{Hub, Sink, Subscription, ViewerStream},
     metrics::Transport,
     upstream::{Call, Identity},
 };
@@ -83,12 +83,7 @@ pub async fn stream(
     let identity = identity(&headers, principal.as_ref());
     span.record("request_id", identity.request_id.as_str());
     let request_id = HeaderValue::from_str(&identity.request_id).ok();
-    let transport = match (&upgrade, representation) {
-        (Some(_), _) => Transport::WebSocket,
-        (None, Some(Representation::LongPoll)) => Transport::LongPoll,
-        (None, Some(Representation::Ndjson)) => Transport::Ndjson,
-        (None, _) => Transport::Sse,
-    };
+    let transport = transport(upgrade.is_some(), representation);
     // Served by our own HTTP/1.1 path: the hub may write a caught-up stream's events itself.
     let sink =
         direct.filter(|_| matches!(transport, Transport::Sse | Transport::Ndjson)).map(|Extension(connection)| {
@@ -106,20 +101,52 @@ pub async fn stream(
     };
     let metrics = state.metrics.stream_opened(hub.route(), transport);
     let viewer = Viewer { permit, expires_at: principal.map(|p| p.expires_at), metrics, started };
-    let mut response = if transport == Transport::LongPoll {
-        representation::long_poll(events, reset, LastId::Id(resume.unwrap_or(0)), resume.is_none(), wait, viewer).await
-    } else {
-        let feed = feed(events, reset, state.stream.clone(), state.shutdown.clone(), viewer);
-        match (upgrade, transport) {
-            (Some(upgrade), _) => representation::websocket(upgrade, feed),
-            (None, Transport::Ndjson) => representation::ndjson(feed),
-            (None, _) => representation::event_stream(feed, state.stream.retry),
-        }
-    };
+    let poll = Poll { after: LastId::Id(resume.unwrap_or(0)), latest: resume.is_none(), wait };
+    let mut response = respond(&state, events, reset, upgrade, transport, poll, viewer).await;
     if let Some(request_id) = request_id {
         response.headers_mut().insert("x-request-id", request_id);
     }
     Ok(response)
+}
+
+/// What a long-poll asked for: events after `after` (or, with `latest`, the latest at once),
+/// waiting at most `wait` for the first.
+pub(super) struct Poll {
+    pub after: LastId,
+    pub latest: bool,
+    pub wait: Duration,
+}
+
+/// How the client reads, from the upgrade and the negotiated representation.
+pub(super) fn transport(upgrade: bool, representation: Option<Representation>) -> Transport {
+    match (upgrade, representation) {
+        (true, _) => Transport::WebSocket,
+        (false, Some(Representation::LongPoll)) => Transport::LongPoll,
+        (false, Some(Representation::Ndjson)) => Transport::Ndjson,
+        (false, _) => Transport::Sse,
+    }
+}
+
+/// A viewer's events as the response of its transport: one long-poll answer, or a stream fed
+/// by `feed` (SSE, NDJSON, WebSocket).
+pub(super) async fn respond(
+    state: &AppState,
+    events: ViewerStream,
+    reset: bool,
+    upgrade: Option<WebSocketUpgrade>,
+    transport: Transport,
+    poll: Poll,
+    viewer: Viewer,
+) -> Response {
+    if transport == Transport::LongPoll {
+        return representation::long_poll(events, reset, poll.after, poll.latest, poll.wait, viewer).await;
+    }
+    let feed = feed(events, reset, state.stream.clone(), state.shutdown.clone(), viewer);
+    match (upgrade, transport) {
+        (Some(upgrade), _) => representation::websocket(upgrade, feed),
+        (None, Transport::Ndjson) => representation::ndjson(feed),
+        (None, _) => representation::event_stream(feed, state.stream.retry),
+    }
 }
 
 /// Lets a stream request in: refuses a WebSocket upgrade from a foreign origin, then
