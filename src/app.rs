@@ -1,6 +1,11 @@
 //! `App`: builds the BFF from its config, binds the listener itself, and runs until shutdown.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::http::HeaderValue;
 use tokio::net::TcpListener;
@@ -15,7 +20,9 @@ use crate::{
     hub::Hub,
     metrics::Metrics,
     routes::{self, LoadError, RouteTable, Serving},
-    upstream::{ChannelError, Deferred, RouteResource, RouteResourceError, SharedResource, UpstreamChannel, Waiting},
+    upstream::{
+        ChannelError, Deferred, Refresh, RouteResource, RouteResourceError, SharedResource, UpstreamChannel, Waiting,
+    },
 };
 
 /// Why the BFF could not start.
@@ -65,13 +72,13 @@ impl App {
     /// address. `shutdown` ends the
     /// server and every open stream when cancelled.
     pub async fn build(config: ServeConfig, shutdown: CancellationToken) -> Result<Self, BuildError> {
-        let Serving { table, pending } = match &config.routes {
+        let Serving { table, pending, reflected } = match &config.routes {
             Some(path) => routes::load_for_serving(path, config.reflection_timeout).await?,
             None => {
                 let mut table = RouteTable::built_in(&config.upstreams)?;
                 // The built-in route's log size is the one flag of its own.
                 table.routes.iter_mut().for_each(|route| route.replay = config.replay_log);
-                Serving { table, pending: Vec::new() }
+                Serving { table, pending: Vec::new(), reflected: BTreeMap::new() }
             }
         };
         let metrics = Arc::new(Metrics::default());
@@ -99,8 +106,12 @@ impl App {
         let mut hubs = Vec::new();
         for route in table.routes {
             let pool = pools.get(&route.upstream).cloned().ok_or_else(|| BuildError::NoUpstream(route.path.clone()))?;
+            // Descriptors from reflection are asked for again after a call broke with the
+            // connection: the upstream may come back redeployed.
+            let refresh =
+                reflected.get(&route.upstream).map(|part| Refresh::new(part.clone(), config.reflection_timeout));
             let resource =
-                RouteResource::new(route, pool, config.upstream_deadline, config.max_upstream_message_bytes)?;
+                RouteResource::new(route, pool, config.upstream_deadline, config.max_upstream_message_bytes, refresh)?;
             let settings = config.hub_settings(Arc::clone(&metrics));
             hubs.push(Hub::new(Arc::new(resource) as SharedResource, settings, shutdown.clone()));
         }

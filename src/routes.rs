@@ -200,6 +200,9 @@ pub struct Serving {
     pub table: RouteTable,
     /// The upstreams to ask again, each with the part of the file it concerns.
     pub pending: Vec<Pending>,
+    /// Every upstream whose descriptors come from server reflection, with its part of the file:
+    /// to ask again after a connection to it broke.
+    pub reflected: BTreeMap<String, Pending>,
 }
 
 /// An upstream whose server reflection could not be reached at start, with its routes.
@@ -213,6 +216,18 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// The part of `file` that concerns upstream `name`: the upstream and its routes.
+    fn part(file: &RoutesFile, base: &Path, name: &str, reason: String) -> Self {
+        Self {
+            reason,
+            file: RoutesFile {
+                upstreams: file.upstreams.iter().filter(|u| u.name == name).cloned().collect(),
+                routes: file.routes.iter().filter(|r| r.upstream == name).cloned().collect(),
+            },
+            base: base.to_owned(),
+        }
+    }
+
     /// The upstream's name.
     pub fn upstream(&self) -> &str {
         self.file.upstreams.first().map_or("", |u| u.name.as_str())
@@ -253,21 +268,18 @@ pub async fn load_for_serving(path: &Path, reflection_timeout: Duration) -> Resu
             return Err(LoadError::Invalid { path: path.into(), errors });
         }
     };
-    let pending = unreachable
-        .into_iter()
-        .map(|name| Pending {
-            reason: waiting
-                .iter()
-                .find(|e| e.place == format!("upstream {name}"))
-                .map_or_else(String::new, |e| e.message.clone()),
-            file: RoutesFile {
-                upstreams: file.upstreams.iter().filter(|u| u.name == name).cloned().collect(),
-                routes: file.routes.iter().filter(|r| r.upstream == name).cloned().collect(),
-            },
-            base: base.to_owned(),
-        })
+    let reason = |name: &str| {
+        let place = format!("upstream {name}");
+        waiting.iter().find(|e| e.place == place).map_or_else(String::new, |e| e.message.clone())
+    };
+    let pending = unreachable.iter().map(|name| Pending::part(&file, base, name, reason(name))).collect();
+    let reflected = table
+        .upstreams
+        .iter()
+        .filter(|u| u.descriptors == DescriptorSource::Reflection)
+        .map(|u| (u.name.clone(), Pending::part(&file, base, &u.name, String::new())))
         .collect();
-    Ok(Serving { table, pending })
+    Ok(Serving { table, pending, reflected })
 }
 
 impl Route {

@@ -16,7 +16,7 @@ use tonic::{Code, metadata::MetadataValue};
 
 pub use channel::{ChannelError, UpstreamChannel, UpstreamPool};
 pub use deferred::{Deferred, Waiting};
-pub use dynamic::{RouteResource, RouteResourceError};
+pub use dynamic::{Refresh, RouteResource, RouteResourceError};
 pub use limit::{Limited, MessageTooLarge};
 
 use crate::{event::StreamEvent, routes::Retention};

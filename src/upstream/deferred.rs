@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use super::{
-    Call, EventStream, ParamRejected, Resource, RouteResource, UpstreamError, UpstreamPool, dynamic::rule_text,
+    Call, EventStream, ParamRejected, Refresh, Resource, RouteResource, UpstreamError, UpstreamPool, dynamic::rule_text,
 };
 use crate::routes::{Pending, Retention, RouteSpec, param_rules};
 
@@ -165,7 +165,9 @@ impl Waiting {
             for route in table.routes {
                 let Some(deferred) = self.routes.iter().find(|d| d.path == route.path) else { continue };
                 let path = route.path.clone();
-                match RouteResource::new(route, Arc::clone(&self.pool), self.deadline, self.max_message_bytes) {
+                let refresh = Some(Refresh::new(self.pending.clone(), self.reflection_timeout));
+                match RouteResource::new(route, Arc::clone(&self.pool), self.deadline, self.max_message_bytes, refresh)
+                {
                     Ok(resource) => {
                         let _ = deferred.ready.set(Arc::new(resource));
                     }

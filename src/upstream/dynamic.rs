@@ -4,7 +4,14 @@
 //! a [`StreamEvent`] by the route's options (`routes/mapping.rs`). Nothing here knows which
 //! service it calls.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::{StreamExt as _, future::BoxFuture};
 use http::uri::PathAndQuery;
@@ -16,30 +23,60 @@ use tonic::{
     codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
 };
 
-use super::{Call, EventStream, Limited, ParamRejected, Resource, Undecodable, UpstreamError, UpstreamPool};
+use super::{Call, EventStream, Fault, Limited, ParamRejected, Resource, Undecodable, UpstreamError, UpstreamPool};
 use crate::{
     event::{EventKind, StreamEvent},
-    routes::{Retention, Route, field_value},
+    routes::{Pending, Retention, Route, field_value},
 };
 
 /// One route served by calling its upstream.
 #[derive(Debug)]
 pub struct RouteResource {
-    route: Route,
     /// The path template, made static once (see [`EventKind`]).
     path: &'static str,
-    /// Every event name the route can produce, made static once.
-    kinds: HashMap<String, EventKind>,
+    /// What depends on the descriptors: replaced when server reflection is asked again.
+    mapping: RwLock<Arc<Mapping>>,
     /// `invalid_<param>`, the error code of each path parameter, made static once.
     param_codes: HashMap<String, &'static str>,
+    retention: Retention,
+    replay: usize,
+    resumable: bool,
+    pool: Arc<UpstreamPool>,
+    deadline: Duration,
+    max_message_bytes: usize,
+    /// For descriptors from server reflection: how to ask again after the connection broke.
+    refresh: Option<Refresh>,
+}
+
+/// The route with its descriptors, and what is derived from them.
+#[derive(Debug)]
+struct Mapping {
+    route: Route,
+    /// Every event name the route can produce, made static once.
+    kinds: HashMap<String, EventKind>,
     /// `/package.Service/Method`.
     grpc_path: PathAndQuery,
     /// The response's first top-level Timestamp field, taken as when the upstream produced the
     /// event (for the delivery-lag metric).
     emitted_at: Option<FieldDescriptor>,
-    pool: Arc<UpstreamPool>,
-    deadline: Duration,
-    max_message_bytes: usize,
+}
+
+/// Asks an upstream's server reflection again for a route: after a call of the route broke
+/// with the connection (the upstream may come back redeployed with new descriptors), before the
+/// next call.
+#[derive(Debug)]
+pub struct Refresh {
+    part: Pending,
+    timeout: Duration,
+    stale: AtomicBool,
+}
+
+impl Refresh {
+    /// Refreshes from `part` (the routes file reduced to the upstream), each attempt within
+    /// `timeout`.
+    pub fn new(part: Pending, timeout: Duration) -> Self {
+        Self { part, timeout, stale: AtomicBool::new(false) }
+    }
 }
 
 /// Why a route cannot be served.
@@ -52,18 +89,8 @@ pub struct RouteResourceError {
     pub message: String,
 }
 
-impl RouteResource {
-    /// Serves `route` by calling through `pool`; each call carries `deadline` as its gRPC
-    /// timeout, and a message over `max_message_bytes` ends it as the upstream's fault.
-    ///
-    /// The path template, event names and parameter codes are leaked into `&'static str` once
-    /// here: a bounded set, fixed for the life of the process.
-    pub fn new(
-        route: Route,
-        pool: Arc<UpstreamPool>,
-        deadline: Duration,
-        max_message_bytes: usize,
-    ) -> Result<Self, RouteResourceError> {
+impl Mapping {
+    fn new(route: Route) -> Result<Self, RouteResourceError> {
         let fail = |message: String| RouteResourceError { path: route.path.clone(), message };
         let mut kinds = HashMap::new();
         for name in route.event_names().into_iter().chain(route.terminal.is_empty().then(|| "end".to_owned())) {
@@ -71,22 +98,11 @@ impl RouteResource {
             let kind = EventKind::new(leak(&name), terminal).ok_or_else(|| fail(format!("bad event name {name:?}")))?;
             kinds.insert(name, kind);
         }
-        let param_codes = route.params.iter().map(|p| (p.name.clone(), leak(&format!("invalid_{}", p.name)))).collect();
         let method = &route.method;
         let grpc_path = format!("/{}/{}", method.parent_service().full_name(), method.name());
         let grpc_path = PathAndQuery::try_from(grpc_path).map_err(|e| fail(format!("method path: {e}")))?;
         let emitted_at = method.output().fields().find(|f| is_timestamp(f) && !f.is_list());
-        Ok(Self {
-            path: leak(&route.path),
-            route,
-            kinds,
-            param_codes,
-            grpc_path,
-            emitted_at,
-            pool,
-            deadline,
-            max_message_bytes,
-        })
+        Ok(Self { route, kinds, grpc_path, emitted_at })
     }
 
     /// The event of one message. `last` is the id of the previous event of this call, for a
@@ -98,7 +114,7 @@ impl RouteResource {
         *last = id;
         // Every name a route can produce was made a kind when it loaded.
         let kind = self.kinds.get(mapped.name).copied().ok_or_else(|| {
-            UpstreamError::new(Code::Internal, format!("route {} has no event named {}", self.path, mapped.name))
+            UpstreamError::new(Code::Internal, format!("route {} has no event named {}", self.route.path, mapped.name))
         })?;
         let emitted_at = self.emitted_at.as_ref().and_then(|field| {
             let value = message.get_field(field);
@@ -109,25 +125,93 @@ impl RouteResource {
     }
 }
 
+impl RouteResource {
+    /// Serves `route` by calling through `pool`; each call carries `deadline` as its gRPC
+    /// timeout, and a message over `max_message_bytes` ends it as the upstream's fault. With
+    /// `refresh`, a call that broke with the connection has the descriptors asked for again
+    /// before the next one.
+    ///
+    /// The path template, event names and parameter codes are leaked into `&'static str` once
+    /// here: a bounded set, fixed for the life of the process.
+    pub fn new(
+        route: Route,
+        pool: Arc<UpstreamPool>,
+        deadline: Duration,
+        max_message_bytes: usize,
+        refresh: Option<Refresh>,
+    ) -> Result<Self, RouteResourceError> {
+        let param_codes = route.params.iter().map(|p| (p.name.clone(), leak(&format!("invalid_{}", p.name)))).collect();
+        Ok(Self {
+            path: leak(&route.path),
+            param_codes,
+            retention: route.retention,
+            replay: route.replay,
+            resumable: route.resume.is_some(),
+            mapping: RwLock::new(Arc::new(Mapping::new(route)?)),
+            pool,
+            deadline,
+            max_message_bytes,
+            refresh,
+        })
+    }
+
+    fn mapping(&self) -> Arc<Mapping> {
+        Arc::clone(&self.mapping.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Asks the upstream's reflection again when the last call broke with the connection; a
+    /// refresh that fails keeps the descriptors the route has.
+    async fn refresh(&self) {
+        let Some(refresh) = &self.refresh else { return };
+        if !refresh.stale.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let route = match refresh.part.resolve(refresh.timeout).await {
+            Ok(table) => table.routes.into_iter().find(|route| route.path == self.path),
+            Err(errors) => {
+                let reason = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                tracing::warn!(route = self.path, %reason, "descriptors not refreshed; keeping the ones the route has");
+                return;
+            }
+        };
+        match route.map(Mapping::new) {
+            Some(Ok(mapping)) => {
+                *self.mapping.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(mapping);
+                tracing::info!(route = self.path, "descriptors refreshed from server reflection");
+            }
+            Some(Err(error)) => tracing::warn!(%error, "descriptors not refreshed"),
+            None => tracing::warn!(route = self.path, "descriptors not refreshed: the route is gone from them"),
+        }
+    }
+
+    /// The call broke with the connection: refresh before the next one.
+    fn broke(&self, error: &UpstreamError) {
+        if let (Some(refresh), Fault::Transport) = (&self.refresh, error.fault) {
+            refresh.stale.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Resource for RouteResource {
     fn route(&self) -> &'static str {
         self.path
     }
 
     fn retention(&self) -> Retention {
-        self.route.retention
+        self.retention
     }
 
     fn replay(&self) -> usize {
-        self.route.replay
+        self.replay
     }
 
     fn resumable(&self) -> bool {
-        self.route.resume.is_some()
+        self.resumable
     }
 
     fn check(&self, params: &[(String, String)]) -> Result<(), ParamRejected> {
-        for param in &self.route.params {
+        let mapping = self.mapping();
+        for param in &mapping.route.params {
             let value = params.iter().find(|(name, _)| *name == param.name).map(|(_, v)| v.as_str());
             // A value must also fit its field: an integer field takes only a number it can hold.
             let fits = value.is_some_and(|v| param.pattern.is_match(v) && field_value(&param.field, v).is_some());
@@ -141,10 +225,12 @@ impl Resource for RouteResource {
 
     fn open(self: Arc<Self>, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
         Box::pin(async move {
+            self.refresh().await;
+            let mapping = self.mapping();
             let params: Vec<(&str, &str)> = call.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             // Only the resume point travels with the stream, not the call.
             let mut last = call.resume_after;
-            let message = self
+            let message = mapping
                 .route
                 .build_request(&params, call.resume_after)
                 .map_err(|e| UpstreamError::new(Code::InvalidArgument, e.to_string()))?;
@@ -160,15 +246,23 @@ impl Resource for RouteResource {
                 .ready()
                 .await
                 .map_err(|e| UpstreamError::new(Code::Unavailable, format!("upstream not ready: {e}")))?;
-            let codec = DynamicCodec { output: self.route.method.output() };
-            let response = client.server_streaming(request, self.grpc_path.clone(), codec).await?;
+            let codec = DynamicCodec { output: mapping.route.method.output() };
+            let response =
+                client.server_streaming(request, mapping.grpc_path.clone(), codec).await.map_err(|status| {
+                    let error = UpstreamError::from(status);
+                    self.broke(&error);
+                    error
+                })?;
             let mut messages = response.into_inner();
             let resource = Arc::clone(&self);
             let events = async_stream::stream! {
                 // The lease travels with the stream: the connection counts the call until it ends.
                 let _lease = lease;
                 while let Some(item) = messages.next().await {
-                    let event = item.map_err(UpstreamError::from).and_then(|m| resource.event(&m, &mut last));
+                    let event = item.map_err(UpstreamError::from).and_then(|m| mapping.event(&m, &mut last));
+                    if let Err(error) = &event {
+                        resource.broke(error);
+                    }
                     let failed = event.is_err();
                     yield event;
                     if failed {
@@ -176,7 +270,7 @@ impl Resource for RouteResource {
                     }
                 }
                 // A route without terminal names ends when the upstream ends with OK.
-                if resource.route.terminal.is_empty() {
+                if mapping.route.terminal.is_empty() {
                     yield Ok(StreamEvent::new(last + 1, EventKind::END, b"{}", None));
                 }
             };

@@ -9,7 +9,9 @@ use serde_json::json;
 use sse_bff::{App, ServeConfig, Sim, sim::SimConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{PATIENCE, SseReader, TestApp, bearer, events, fixture, free_addr, names, problem, temp_file};
+use crate::helpers::{
+    Binary, PATIENCE, SseReader, TestApp, bearer, events, fixture, free_addr, names, problem, temp_file,
+};
 
 /// The build-log route; `extra` adds or replaces keys of the route table.
 fn build_route(upstream: &str, descriptors: &str, extra: &str) -> String {
@@ -323,4 +325,84 @@ async fn an_integer_parameter_that_does_not_fit_its_field_is_a_400_without_an_up
     .await;
     assert_eq!(body["code"], "invalid_build_number");
     assert_eq!(app.sim.calls(), 0);
+}
+
+/// The build-log descriptor set, with a field `level` added to `LogLine` when `with_level`
+/// (a redeployed upstream), written to a folder with one script for project `redeploy`.
+fn redeploy_upstream(with_level: bool) -> (std::path::PathBuf, std::path::PathBuf) {
+    use prost::Message as _;
+    let mut set =
+        prost_types::FileDescriptorSet::decode(std::fs::read(fixture("routes/builds.binpb")).unwrap().as_slice())
+            .unwrap();
+    if with_level {
+        let file = set.file.iter_mut().find(|f| f.package() == "ci.v1").unwrap();
+        let line = file.message_type.iter_mut().find(|m| m.name() == "LogLine").unwrap();
+        line.field.push(prost_types::FieldDescriptorProto {
+            name: Some("level".into()),
+            number: Some(9),
+            label: Some(prost_types::field_descriptor_proto::Label::Optional as i32),
+            r#type: Some(prost_types::field_descriptor_proto::Type::String as i32),
+            json_name: Some("level".into()),
+            ..Default::default()
+        });
+    }
+    let descriptors = temp_file("builds.binpb", "");
+    std::fs::write(&descriptors, set.encode_to_vec()).unwrap();
+    let level = if with_level { r#", "level": "warn""# } else { "" };
+    let messages: Vec<String> = (1..=8)
+        .map(|offset| {
+            format!(r#"{{"after_ms": 150, "message": {{"offset": "{offset}", "logLine": {{"step": "build", "text": "line {offset}"{level}}}}}}}"#)
+        })
+        .collect();
+    let script = format!(
+        r#"{{"method": "ci.v1.Builds/WatchBuild", "request": {{"project": "redeploy"}}, "messages": [{}]}}"#,
+        messages.join(",")
+    );
+    (descriptors, temp_file("redeploy.json", &script).parent().unwrap().to_owned())
+}
+
+/// The upstream as a process of its own, so that killing it breaks its connections.
+async fn start_sim(addr: std::net::SocketAddr, with_level: bool) -> Binary {
+    let (descriptors, scripts) = redeploy_upstream(with_level);
+    let (listen, descriptors, scripts) =
+        (addr.to_string(), descriptors.display().to_string(), scripts.display().to_string());
+    let args = ["upstream-sim", "--listen", &listen, "--descriptor-set", &descriptors, "--scripts", &scripts];
+    Binary::start(&args, &[]).await
+}
+
+#[tokio::test]
+async fn reflection_is_asked_again_after_the_connection_to_a_redeployed_upstream_broke() {
+    let sim_addr = free_addr();
+    let first = start_sim(sim_addr, false).await;
+    let mut config = ServeConfig::with_upstream("http://127.0.0.1:1");
+    config.auth.insecure_no_auth = true;
+    let upstream = format!("http://{sim_addr}");
+    let routes = build_route(&upstream, "reflection", "id = \"offset\"");
+    config.routes = Some(temp_file("routes.toml", &routes));
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let app = App::build(config, shutdown.clone()).await.expect("app builds");
+    let addr = app.local_addr();
+    tokio::spawn(app.run());
+    let url = format!("http://{addr}{}", log_path("redeploy", 5));
+    let response = reqwest::Client::new().get(&url).header("last-event-id", "0").send().await.unwrap();
+    let mut reader = SseReader::new(response);
+    let before = reader.next_event().await.expect("a first line");
+    assert!(!format!("{before:?}").contains("level"), "the first upstream has no level: {before:?}");
+
+    // The upstream goes away mid-stream (its connections break) and comes back with a new field.
+    first.kill().await;
+    let second = start_sim(sim_addr, true).await;
+    let mut rest = Vec::new();
+    while let Some(frame) = reader.next_event().await {
+        rest.push(frame);
+        if rest.len() == 7 {
+            break;
+        }
+    }
+    let rest = events(&rest);
+    let ids: Vec<_> = rest.iter().filter_map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(ids, ["2", "3", "4", "5", "6", "7", "8"], "nothing lost or repeated across the redeploy");
+    assert_eq!(rest.last().unwrap().2["level"], "warn", "the new field, from descriptors asked for again: {rest:?}");
+    drop(second);
 }
