@@ -200,3 +200,22 @@ async fn ndjson_websocket_and_long_poll_carry_the_same_topics() {
     let finished: Value = finished.json().await.unwrap();
     assert_eq!((finished["done"].as_bool(), finished["events"].as_array().map(Vec::len)), (Some(true), Some(0)));
 }
+
+#[tokio::test]
+async fn another_users_cursor_gives_nobody_elses_data() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (fresh("doc-1"), fresh("doc-2"));
+    let path = events_path(&[&a, &b]);
+    let alice = mux(&SseReader::new(app.get(&path, &with_cursor(&app, "0.0")).await).read_to_end().await);
+    let cursor = alice.last().unwrap().0.clone();
+    // Mallory of another tenant replays Alice's cursor on the same topics: the cursor holds only
+    // positions, and each topic is still authorised for the caller by the upstream.
+    let mut headers = bearer(&crate::helpers::token("mallory", "evil"));
+    headers.insert("last-event-id", HeaderValue::from_str("0.0").unwrap());
+    let refused = app.get(&path, &headers).await;
+    assert_eq!(refused.status(), 403, "every topic refused: the first refusal is the answer");
+    headers.insert("last-event-id", HeaderValue::from_str(&cursor).unwrap());
+    let response = app.get(&path, &headers).await;
+    assert!(matches!(response.status().as_u16(), 204 | 403), "never Alice's events: {}", response.status());
+    assert!(!response.text().await.unwrap().contains("documentId"), "no data of another tenant");
+}
