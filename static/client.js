@@ -202,40 +202,18 @@ export function watchProgress(url, {
     // Like a new EventSource viewer: without a resume point, ask for the latest update first.
     let cursor = last > 0 ? last : null;
     let askedLatest = false;
-    let backoff = 1;
+    const backoff = backoffTimer();
     while (!signal.aborted && !closed) {
       const params = cursor === null ? { wait: pollWait } : { after: cursor, wait: pollWait };
-      let response, body;
-      try {
-        response = await fetch(resource(params), {
-          headers: { Accept: 'application/json' },
-          credentials: withCredentials ? 'include' : 'same-origin',
-          cache: 'no-store',
-          signal,
-        });
-        body = await response.json().catch(() => ({}));
-      } catch {
-        // The BFF is unreachable (restarting, network down) or the loop was aborted.
-        await sleep(backoff, signal);
-        backoff = Math.min(backoff * 2, MAX_BACKOFF_SECONDS);
-        continue;
-      }
+      const answer = await pollOnce(resource(params), { signal, withCredentials, backoff });
       if (signal.aborted || closed) return;
-      if (!response.ok) {
-        // The problem+json body carries code, message and retryable; the status is the fallback.
-        const { status } = response;
-        const error = { code: `http_${status}`, message: response.statusText, httpStatus: status,
-          retryable: status === 429 || status >= 500, ...body };
-        if (!error.retryable) return finish(() => onError?.(error));
-        await sleep(Number(response.headers.get('Retry-After')) || backoff, signal);
-        backoff = Math.min(backoff * 2, MAX_BACKOFF_SECONDS);
-        continue;
-      }
-      backoff = 1;
+      if (!answer) continue;
+      if (answer.error) return finish(() => onError?.(answer.error));
+      const { body, status } = answer;
       if (body.reset) rebase = true;
       for (const update of body.events ?? []) deliver(update);
       if (closed || signal.aborted) return;
-      if (response.status === 204 || body.done) {
+      if (status === 204 || body.done) {
         // Over, but the terminal update was not seen here (it came before `after`): the
         // latest update is the terminal one.
         if (!askedLatest && !TERMINAL.has(latest?.status)) {
@@ -256,6 +234,52 @@ export function watchProgress(url, {
     startPolling();
   }
   return { close: () => finish() };
+}
+
+/** Seconds to wait before the next attempt: 1, 2, 4, ... up to `MAX_BACKOFF_SECONDS`. */
+function backoffTimer() {
+  let seconds = 1;
+  return {
+    next() {
+      const now = seconds;
+      seconds = Math.min(seconds * 2, MAX_BACKOFF_SECONDS);
+      return now;
+    },
+    reset() { seconds = 1; },
+  };
+}
+
+/**
+ * One long-poll request with the retry policy both watchers share. Resolves to
+ * `{ body, status }` for an answer, `{ error }` for a failure retrying cannot fix (the
+ * problem+json body's code, message and retryable, the status as the fallback), or `null`
+ * after waiting out one it can (the BFF unreachable, 429, 5xx: `Retry-After`, else the backoff).
+ */
+async function pollOnce(url, { signal, withCredentials, backoff }) {
+  let response, body;
+  try {
+    response = await fetch(url, {
+      headers: { Accept: 'application/json' },
+      credentials: withCredentials ? 'include' : 'same-origin',
+      cache: 'no-store',
+      signal,
+    });
+    body = await response.json().catch(() => ({}));
+  } catch {
+    // The BFF is unreachable (restarting, network down) or the loop was aborted.
+    await sleep(backoff.next(), signal);
+    return null;
+  }
+  if (!response.ok) {
+    const { status } = response;
+    const error = { code: `http_${status}`, message: response.statusText, httpStatus: status,
+      retryable: status === 429 || status >= 500, ...body };
+    if (!error.retryable) return { error };
+    await sleep(Number(response.headers.get('Retry-After')) || backoff.next(), signal);
+    return null;
+  }
+  backoff.reset();
+  return { body, status: response.status };
 }
 
 /** Resolves after `seconds`, or at once when `signal` aborts. */
@@ -418,36 +442,17 @@ export function watchProgressMany(urls, {
   }
 
   async function pollLoop(signal) {
-    let backoff = 1;
+    const backoff = backoffTimer();
     while (!signal.aborted && !closed) {
-      let response, body;
-      try {
-        response = await fetch(target(cursor ? { after: cursor, wait: pollWait } : { wait: pollWait }), {
-          headers: { Accept: 'application/json' },
-          credentials: withCredentials ? 'include' : 'same-origin',
-          cache: 'no-store',
-          signal,
-        });
-        body = await response.json().catch(() => ({}));
-      } catch {
-        await sleep(backoff, signal);
-        backoff = Math.min(backoff * 2, MAX_BACKOFF_SECONDS);
-        continue;
-      }
+      const params = cursor ? { after: cursor, wait: pollWait } : { wait: pollWait };
+      const answer = await pollOnce(target(params), { signal, withCredentials, backoff });
       if (signal.aborted || closed) return;
-      if (!response.ok) {
-        const { status } = response;
-        const error = { code: `http_${status}`, message: response.statusText, httpStatus: status,
-          retryable: status === 429 || status >= 500, ...body };
-        if (!error.retryable) {
-          for (const doc of docs.values()) end(doc, () => onError?.(doc.url, error));
-          return;
-        }
-        await sleep(Number(response.headers.get('Retry-After')) || backoff, signal);
-        backoff = Math.min(backoff * 2, MAX_BACKOFF_SECONDS);
-        continue;
+      if (!answer) continue;
+      if (answer.error) {
+        for (const doc of docs.values()) end(doc, () => onError?.(doc.url, answer.error));
+        return;
       }
-      backoff = 1;
+      const { body } = answer;
       for (const { topic, data } of body.events ?? []) {
         if (data && typeof data.code === 'string' && !('sequence' in data)) topicError(topic, data);
         else deliver(topic, data);

@@ -276,6 +276,35 @@ describe('demo server', () => {
     await context.close();
   });
 
+  test('one stream per document (watchProgress): all end right, but six connections hold the rest back', { timeout: 60_000 }, async () => {
+    const { context, page, problems } = await newPage();
+    await page.goto(`${demo.base}/?single=1`);
+    await waitFinished(page, 45_000);
+    const rows = await snapshot(page);
+    assertFinal(rows);
+    for (const row of Object.values(rows)) assertContiguous(row);
+    // What the multiplexed stream avoids: over HTTP/1.1 the seventh EventSource waits for a
+    // connection, so some bar gets its second update only after another one completed.
+    const firstEnd = Math.min(...Object.values(rows).map((row) => row.times.at(-1)));
+    assert.ok(Object.values(rows).some((row) => row.times[1] > firstEnd), 'some streams waited for a connection');
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
+  test('one long-poll per document (watchProgress without EventSource) delivers every update once', { timeout: 60_000 }, async () => {
+    const { context, page, problems } = await newPage();
+    await page.goto(`${demo.base}/?single=1&noEventSource=1`);
+    await waitFinished(page, 45_000);
+    const rows = await snapshot(page);
+    assertFinal(rows);
+    for (const row of Object.values(rows)) {
+      assertContiguous(row);
+      assert.deepEqual(row.states, ['polling', 'closed'], `${row.id}: states`);
+    }
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
   test('without EventSource, long-polling delivers every update once', { timeout: 60_000 }, async () => {
     const { context, page, problems } = await newPage();
     const streams = [];
