@@ -7,25 +7,23 @@
 // screenshot, go to artifacts/; the screenshot is also copied to docs/demo.png.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
-import { createWriteStream, readFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { copyFile, mkdir } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = path.resolve(ROOT, process.env.SSE_BFF_BIN ?? 'target/debug/sse-bff');
-const ARTIFACTS = path.join(ROOT, 'artifacts');
+import { ARTIFACTS, BIN, CHROMIUM_ARGS, ROOT, freePort, processes, start } from './support.mjs';
+
 const DOCS = ['doc-1', 'doc-2', 'doc-3', 'scan-42'];
 /** The demo page shows three documents of each script: twelve, over one multiplexed stream. */
 const ROWS = 3 * DOCS.length;
 const LAUNCH = {
   executablePath: '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+  args: CHROMIUM_ARGS,
 };
 
 /** The scripted jobs: what each row must end with. */
@@ -35,7 +33,6 @@ const JOBS = Object.fromEntries(DOCS.map((name) => {
 }));
 
 let browser;
-const processes = new Set();
 
 before(async () => {
   await mkdir(ARTIFACTS, { recursive: true });
@@ -48,48 +45,6 @@ after(async () => {
   await Promise.all([...processes].map((proc) => proc.stop()));
 });
 
-// Last resort if the runner dies between hooks: no server outlives the tests.
-process.on('exit', () => processes.forEach((proc) => proc.child.kill('SIGKILL')));
-
-/** A free loopback port (the OS picks it, then it is released for the server). */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer().once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-const logged = new Set();
-
-/** Starts `sse-bff <args>`, logging to artifacts/<name>.log; `stop()` sends SIGTERM, then SIGKILL. */
-function start(name, args) {
-  // A restarted server appends to the log of its first run.
-  const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`), { flags: logged.has(name) ? 'a' : 'w' });
-  logged.add(name);
-  const child = spawn(BIN, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
-  child.stdout.pipe(log, { end: false });
-  child.stderr.pipe(log, { end: false });
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  const proc = {
-    child,
-    exited,
-    async stop(timeoutMs = 15_000) {
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-        await exited;
-        clearTimeout(timer);
-      }
-      processes.delete(proc);
-      return exited;
-    },
-  };
-  processes.add(proc);
-  return proc;
-}
 
 /**
  * A TCP proxy on a free loopback port in front of `port`, whose `cut()` breaks every connection

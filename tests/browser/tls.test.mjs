@@ -8,24 +8,21 @@
 // (default target/debug/sse-bff); server logs go to artifacts/tls-*.log.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
-import { createWriteStream, readFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { request } from 'node:https';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = path.resolve(ROOT, process.env.SSE_BFF_BIN ?? 'target/debug/sse-bff');
-const ARTIFACTS = path.join(ROOT, 'artifacts');
+import { ARTIFACTS, CHROMIUM_ARGS, freePort, processes, start } from './support.mjs';
+
 const LAUNCH = {
   executablePath: '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--ignore-certificate-errors'],
+  args: [...CHROMIUM_ARGS, '--ignore-certificate-errors'],
 };
 const run = promisify(execFile);
 
@@ -34,44 +31,7 @@ let certDir;
 let base;
 let port;
 let ca;
-const processes = new Set();
 
-// Last resort if the runner dies between hooks: no server outlives the tests.
-process.on('exit', () => processes.forEach((proc) => proc.child.kill('SIGKILL')));
-
-/** A free loopback port (the OS picks it, then it is released for the server). */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer().once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port: free } = server.address();
-      server.close(() => resolve(free));
-    });
-  });
-}
-
-/** Starts `sse-bff <args>`, logging to artifacts/<name>.log; `stop()` sends SIGTERM, then SIGKILL. */
-function start(name, args) {
-  const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`));
-  const child = spawn(BIN, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
-  child.stdout.pipe(log, { end: false });
-  child.stderr.pipe(log, { end: false });
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  const proc = {
-    child,
-    async stop(timeoutMs = 15_000) {
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-        await exited;
-        clearTimeout(timer);
-      }
-      processes.delete(proc);
-    },
-  };
-  processes.add(proc);
-  return proc;
-}
 
 /** The status of `GET url` over HTTPS, trusting only the test's certificate. */
 function status(url) {
