@@ -1,5 +1,7 @@
 //! `App`: builds the BFF from its config, binds the listener itself, and runs until shutdown.
 
+mod config;
+
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
@@ -14,16 +16,15 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::{
     auth::{Authenticator, KeyError},
-    config::ServeConfig,
     http::HealthCheck,
-    http::{self, AppState, EdgeSettings, ServerSettings, StreamLimits, StreamSettings, TlsError},
+    http::{self, AppState, EdgeSettings, ServerSettings, StreamLimits, TlsError},
     hub::Hub,
     metrics::Metrics,
     routes::{self, LoadError, RouteTable, Serving},
-    upstream::{
-        ChannelError, Deferred, Refresh, RouteResource, RouteResourceError, SharedResource, UpstreamChannel, Waiting,
-    },
+    upstream::{ChannelError, Deferred, Refresh, RouteResource, RouteResourceError, SharedResource, Waiting},
 };
+
+pub use self::config::ServeConfig;
 
 /// Why the BFF could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,7 @@ impl App {
             None => {
                 let mut table = RouteTable::built_in(&config.upstreams)?;
                 // The built-in route's log size is the one flag of its own.
-                table.routes.iter_mut().for_each(|route| route.replay = config.replay_log);
+                table.routes.iter_mut().for_each(|route| route.replay = config.hub.replay_log);
                 Serving { table, pending: Vec::new(), reflected: BTreeMap::new() }
             }
         };
@@ -85,14 +86,7 @@ impl App {
         let mut pools = HashMap::new();
         let mut health = Vec::new();
         for upstream in &table.upstreams {
-            let channel = UpstreamChannel {
-                urls: upstream.urls.clone(),
-                connect_timeout: config.upstream_connect_timeout,
-                keepalive_interval: config.upstream_keepalive,
-                keepalive_timeout: Duration::from_secs(20),
-                streams_per_connection: config.upstream_streams_per_connection,
-                max_connections: config.upstream_max_connections,
-            };
+            let channel = config.upstream.channel(upstream.urls.clone());
             pools.insert(upstream.name.clone(), Arc::new(channel.pool()?));
             if let Some(service) = &upstream.health {
                 health.push(HealthCheck {
@@ -110,9 +104,14 @@ impl App {
             // connection: the upstream may come back redeployed.
             let refresh =
                 reflected.get(&route.upstream).map(|part| Refresh::new(part.clone(), config.reflection_timeout));
-            let resource =
-                RouteResource::new(route, pool, config.upstream_deadline, config.max_upstream_message_bytes, refresh)?;
-            let settings = config.hub_settings(Arc::clone(&metrics));
+            let resource = RouteResource::new(
+                route,
+                pool,
+                config.upstream.upstream_deadline,
+                config.upstream.max_upstream_message_bytes,
+                refresh,
+            )?;
+            let settings = config.hub.settings(Arc::clone(&metrics));
             hubs.push(Hub::new(Arc::new(resource) as SharedResource, settings, shutdown.clone()));
         }
         // Routes of upstreams whose reflection did not answer: served with 503 until it does.
@@ -124,15 +123,15 @@ impl App {
             let routes: Vec<Arc<Deferred>> =
                 pending.file.routes.iter().map(|spec| Arc::new(Deferred::new(spec, pending.reason.clone()))).collect();
             for route in &routes {
-                let settings = config.hub_settings(Arc::clone(&metrics));
+                let settings = config.hub.settings(Arc::clone(&metrics));
                 hubs.push(Hub::new(Arc::clone(route) as SharedResource, settings, shutdown.clone()));
             }
             let waiting = Waiting {
                 pending,
                 routes,
                 pool,
-                deadline: config.upstream_deadline,
-                max_message_bytes: config.max_upstream_message_bytes,
+                deadline: config.upstream.upstream_deadline,
+                max_message_bytes: config.upstream.max_upstream_message_bytes,
                 reflection_timeout: config.reflection_timeout,
             };
             tokio::spawn(waiting.run(shutdown.clone()));
@@ -144,17 +143,12 @@ impl App {
             );
         }
         let state = AppState {
-            stream: StreamSettings {
-                heartbeat: config.heartbeat,
-                retry: config.retry,
-                max_lifetime: config.max_stream_lifetime,
-                max_topics: config.max_topics,
-            },
+            stream: config.stream.settings(),
             shutdown: shutdown.clone(),
             health: health.into(),
             routes: hubs.iter().cloned().collect(),
             auth,
-            limits: StreamLimits::new(config.max_streams, config.max_streams_per_user),
+            limits: StreamLimits::from_config(&config.limits),
             metrics,
             allowed_origins: config.cors_origins.iter().cloned().collect(),
             demo_cookie: config.demo_token.as_deref().and_then(|token| {
@@ -162,9 +156,11 @@ impl App {
                 HeaderValue::from_str(&format!("{cookie}={token}; Path=/; HttpOnly; SameSite=Strict")).ok()
             }),
         };
-        let edge =
-            EdgeSettings { cors_origins: config.cors_origins.clone(), max_header_bytes: config.max_header_bytes };
-        let tls = ServerSettings::load_tls(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+        let edge = EdgeSettings {
+            cors_origins: config.cors_origins.clone(),
+            max_header_bytes: config.server.max_header_bytes,
+        };
+        let server = config.server.settings()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
@@ -173,11 +169,7 @@ impl App {
             service: http::service(state, &edge, &hubs),
             shutdown,
             grace: config.shutdown_grace,
-            server: ServerSettings {
-                stall_timeout: config.stall_timeout,
-                max_header_bytes: config.max_header_bytes,
-                tls,
-            },
+            server,
         })
     }
 

@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    app::App,
+    app::{App, ServeConfig},
     auth::{TokenConfig, mint},
-    config::ServeConfig,
     sim::{Sim, SimConfig},
 };
 

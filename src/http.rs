@@ -31,9 +31,9 @@ use tower_http::{
 
 pub use error::ApiError;
 
-pub use limits::StreamLimits;
-pub use server::{ServerSettings, TlsError, serve};
-pub use stream::StreamSettings;
+pub use limits::{LimitsConfig, StreamLimits};
+pub use server::{ServerConfig, ServerSettings, TlsError, serve};
+pub use stream::{StreamConfig, StreamSettings};
 
 use crate::{auth::Authenticator, hub::Hub, metrics::Metrics};
 

@@ -253,3 +253,54 @@ fn reset(subscription: Subscription) -> Subscription {
         finished @ Subscription::Finished { .. } => finished,
     }
 }
+
+/// The hub's flags of `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HubConfig {
+    /// How long the BFF waits for the upstream's first message before answering 200, so that an
+    /// immediate upstream error still becomes a proper HTTP status.
+    #[arg(long, env = "SSE_BFF_FIRST_EVENT_WAIT", default_value = "2s", value_parser = crate::flags::parse_duration)]
+    pub first_event_wait: Duration,
+    /// Who shares one upstream call: the same user only, or everyone of the tenant.
+    #[arg(long, env = "SSE_BFF_SHARE_SCOPE", default_value = "user")]
+    pub share_scope: ShareScope,
+    /// How long an upstream call outlives its last viewer, for reloads and reconnects.
+    #[arg(long, env = "SSE_BFF_LINGER", default_value = "10s", value_parser = crate::flags::parse_duration)]
+    pub linger: Duration,
+    /// How long a finished job's events answer late reconnects without calling the upstream.
+    #[arg(long, env = "SSE_BFF_KEEP_FINISHED", default_value = "60s", value_parser = crate::flags::parse_duration)]
+    pub keep_finished: Duration,
+    /// Events kept per shared call for resuming viewers. A resume point older than the log is
+    /// still served without loss, by an upstream call of its own that resumes there: the log
+    /// only saves those calls, and it is most of the memory of a watched document.
+    #[arg(long, env = "SSE_BFF_REPLAY_LOG", default_value_t = 8, value_parser = crate::flags::count(100_000))]
+    pub replay_log: usize,
+    /// Events a viewer may fall behind before it skips to the latest update.
+    #[arg(long, env = "SSE_BFF_VIEWER_LAG", default_value_t = 16, value_parser = crate::flags::count(100_000))]
+    pub viewer_lag: usize,
+    /// An upstream call that sends nothing for this long counts as broken and is resumed.
+    #[arg(long, env = "SSE_BFF_UPSTREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = crate::flags::parse_duration)]
+    pub upstream_idle_timeout: Duration,
+    /// How long transient upstream failures are retried (resuming) before viewers see an error.
+    #[arg(long, env = "SSE_BFF_RETRY_BUDGET", default_value = "30s", value_parser = crate::flags::parse_duration)]
+    pub retry_budget: Duration,
+}
+
+impl HubConfig {
+    /// The settings of a hub reporting to `metrics`. `--replay-log` is the size of the built-in
+    /// route's log: [`Hub::new`] takes every route's replay size and retention from its resource.
+    pub fn settings(&self, metrics: Arc<Metrics>) -> HubSettings {
+        HubSettings {
+            first_event_wait: self.first_event_wait,
+            linger: self.linger,
+            keep_finished: self.keep_finished,
+            replay: self.replay_log,
+            retention: Retention::State,
+            viewer_lag: self.viewer_lag,
+            retry_budget: self.retry_budget,
+            idle_timeout: self.upstream_idle_timeout,
+            share_scope: self.share_scope,
+            metrics,
+        }
+    }
+}

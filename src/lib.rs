@@ -6,9 +6,10 @@
 
 pub mod app;
 pub mod auth;
-pub mod config;
+pub mod cli;
 pub mod demo;
 pub mod event;
+mod flags;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -19,6 +20,5 @@ pub mod sse;
 pub mod telemetry;
 pub mod upstream;
 
-pub use app::App;
-pub use config::ServeConfig;
+pub use app::{App, ServeConfig};
 pub use sim::Sim;

@@ -4,7 +4,7 @@
 use clap::Parser as _;
 use sse_bff::{
     App, Sim, auth,
-    config::{Cli, Command},
+    cli::{Cli, Command},
     demo, routes, telemetry,
 };
 use tokio_util::sync::CancellationToken;

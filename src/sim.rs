@@ -14,7 +14,6 @@ mod stats;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use clap::Parser as _;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -27,7 +26,6 @@ pub use script::{Script, ScriptError};
 pub use stats::{SeenCall, SimStats};
 
 use self::{docproc::SimService, dynamic::Player};
-use crate::config::{Cli, Command};
 use crate::pb::{self, docproc::v1::document_processor_server::DocumentProcessorServer};
 
 /// How the simulator is run.
@@ -68,10 +66,15 @@ impl SimConfig {
     /// A simulator on an ephemeral loopback port playing the given fixture directories (the
     /// built-in ones when empty), with the defaults of every other flag.
     pub fn new(fixtures: Vec<PathBuf>, speed: f64) -> Self {
-        let mut config = match Cli::try_parse_from(["sse-bff", "upstream-sim"]) {
-            Ok(Cli { command: Command::UpstreamSim(config), .. }) => config,
-            // The literal arguments above always parse; this arm only satisfies the compiler.
-            _ => unreachable!("default upstream-sim arguments parse"),
+        /// The simulator's flags alone, to read their defaults (and `SSE_BFF_SIM_*`).
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: SimConfig,
+        }
+        let Ok(Defaults { mut config }) = <Defaults as clap::Parser>::try_parse_from(["upstream-sim"]) else {
+            // No argument is given, and every flag has a default or is optional.
+            unreachable!("the simulator's defaults parse")
         };
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.fixtures = fixtures;

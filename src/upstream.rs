@@ -14,7 +14,7 @@ use std::{fmt, pin::Pin, sync::Arc};
 use futures_util::{Stream, future::BoxFuture};
 use tonic::{Code, metadata::MetadataValue};
 
-pub use channel::{ChannelError, UpstreamChannel, UpstreamPool};
+pub use channel::{ChannelError, UpstreamChannel, UpstreamConfig, UpstreamPool};
 pub use deferred::{Deferred, Waiting};
 pub use dynamic::{Refresh, RouteResource, RouteResourceError};
 pub use limit::{Limited, MessageTooLarge};

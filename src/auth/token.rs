@@ -20,7 +20,7 @@ pub struct TokenConfig {
     #[arg(long)]
     pub tenant: Option<String>,
     /// Lifetime of the token.
-    #[arg(long, default_value = "1h", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = crate::flags::parse_duration)]
     pub ttl: Duration,
     /// The claim that carries the tenant.
     #[arg(long, env = "SSE_BFF_TENANT_CLAIM", default_value = "tenant_id")]

@@ -7,6 +7,18 @@ use std::{
 };
 
 use super::ApiError;
+use crate::flags::count;
+
+/// The open-stream limit flags of `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitsConfig {
+    /// Open streams allowed in total (429 beyond).
+    #[arg(long, env = "SSE_BFF_MAX_STREAMS", default_value_t = 10_000, value_parser = count(10_000_000))]
+    pub max_streams: usize,
+    /// Open streams allowed per user (429 beyond).
+    #[arg(long, env = "SSE_BFF_MAX_STREAMS_PER_USER", default_value_t = 32, value_parser = count(10_000_000))]
+    pub max_streams_per_user: usize,
+}
 
 /// The limits and the current counts.
 #[derive(Debug)]
@@ -33,6 +45,11 @@ impl StreamLimits {
     /// Limits of `max_total` streams, and `max_per_user` for each authenticated user.
     pub fn new(max_total: usize, max_per_user: usize) -> Arc<Self> {
         Arc::new(Self { max_total, max_per_user, counts: Mutex::new(Counts::default()) })
+    }
+
+    /// The limits `config` sets, with nothing open yet.
+    pub fn from_config(config: &LimitsConfig) -> Arc<Self> {
+        Self::new(config.max_streams, config.max_streams_per_user)
     }
 
     /// Takes a permit, or says which limit is reached.

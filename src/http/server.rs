@@ -17,6 +17,7 @@
 //! With TLS (`tls.rs`) hyper serves every connection, HTTP/2 or HTTP/1.1 as ALPN chose: the
 //! loop here writes to the socket itself, which a TLS stream does not allow.
 
+mod config;
 mod direct;
 mod handover;
 mod tls;
@@ -40,6 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt as _;
 
+pub use self::config::ServerConfig;
 pub use self::direct::DirectWrite;
 pub use self::tls::{Tls, TlsError};
 use self::wire::{Framing, LAST_CHUNK, Parsed};

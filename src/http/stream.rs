@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ApiError, limits::StreamPermit};
 use crate::{
     event::StreamEvent,
+    flags::{count, parse_duration},
     hub::{Delivery, ViewerStream},
     metrics::OpenStream,
 };
@@ -32,6 +33,36 @@ pub struct StreamSettings {
     pub max_lifetime: Duration,
     /// The most topics of one multiplexed stream (`/events`).
     pub max_topics: usize,
+}
+
+/// The stream timing flags of `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamConfig {
+    /// Send a `: keep-alive` comment after this long without other output.
+    #[arg(long, env = "SSE_BFF_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// The `retry:` reconnect hint sent at the start of every stream.
+    #[arg(long, env = "SSE_BFF_RETRY", default_value = "3s", value_parser = parse_duration)]
+    pub retry: Duration,
+    /// The longest a stream stays open before the client is asked to reconnect, whatever the
+    /// token's lifetime.
+    #[arg(long, env = "SSE_BFF_MAX_STREAM_LIFETIME", default_value = "1h", value_parser = parse_duration)]
+    pub max_stream_lifetime: Duration,
+    /// The most topics of one multiplexed stream (`/events?topic=...`).
+    #[arg(long, env = "SSE_BFF_MAX_TOPICS", default_value_t = 50, value_parser = count(1000))]
+    pub max_topics: usize,
+}
+
+impl StreamConfig {
+    /// The timing every stream is fed with.
+    pub fn settings(&self) -> StreamSettings {
+        StreamSettings {
+            heartbeat: self.heartbeat,
+            retry: self.retry,
+            max_lifetime: self.max_stream_lifetime,
+            max_topics: self.max_topics,
+        }
+    }
 }
 
 /// One viewer: its limits permit, when its credentials run out, and its metrics.

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::PathBuf, time::Duration};
 use prost_reflect::SerializeOptions;
 
 use super::{EventNaming, LoadError, Retention, Route, RouteTable, Upstream, load};
-use crate::config::parse_duration;
+use crate::flags::parse_duration;
 
 /// `sse-bff routes`: work with routes files.
 #[derive(Debug, Clone, clap::Args)]

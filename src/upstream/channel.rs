@@ -16,6 +16,8 @@ use std::{
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::flags::{count, parse_duration};
+
 /// Why the upstream endpoints could not be configured.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -48,6 +50,51 @@ pub struct UpstreamChannel {
     pub streams_per_connection: usize,
     /// The most connections the pool opens.
     pub max_connections: usize,
+}
+
+/// The upstream flags of `serve`: its connections, and the bounds of every call.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpstreamConfig {
+    /// Timeout for establishing an upstream connection.
+    #[arg(long, env = "SSE_BFF_UPSTREAM_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub upstream_connect_timeout: Duration,
+    /// HTTP/2 keep-alive PING interval toward the upstream. Servers commonly reject pings more
+    /// often than every 5 minutes (grpc-go's default), so the default stays at that limit.
+    #[arg(long, env = "SSE_BFF_UPSTREAM_KEEPALIVE", default_value = "5m", value_parser = parse_duration)]
+    pub upstream_keepalive: Duration,
+    /// Concurrent calls per upstream HTTP/2 connection before another connection is opened
+    /// (servers commonly allow 100 to 200 and queue the rest).
+    #[arg(long, env = "SSE_BFF_UPSTREAM_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = count(10_000))]
+    pub upstream_streams_per_connection: usize,
+    /// The most upstream connections (over all endpoints).
+    #[arg(long, env = "SSE_BFF_UPSTREAM_MAX_CONNECTIONS", default_value_t = 256, value_parser = count(10_000))]
+    pub upstream_max_connections: usize,
+    /// The gRPC deadline of each upstream call; a call that reaches it after delivering
+    /// updates is resumed, one that delivered nothing answers 504.
+    #[arg(long, env = "SSE_BFF_UPSTREAM_DEADLINE", default_value = "1h", value_parser = parse_duration)]
+    pub upstream_deadline: Duration,
+    /// The largest upstream message accepted, in bytes. A larger one ends the call as the
+    /// upstream's fault: 502 `bad_gateway`, not retryable.
+    #[arg(long, env = "SSE_BFF_MAX_UPSTREAM_MESSAGE_BYTES", default_value_t = 4 << 20, value_parser = count(1 << 30))]
+    pub max_upstream_message_bytes: usize,
+}
+
+/// How long a keep-alive PING may go unacknowledged before the connection counts as broken
+/// (tonic's own default; not a flag).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl UpstreamConfig {
+    /// The connection settings for one upstream's endpoint `urls`.
+    pub fn channel(&self, urls: Vec<String>) -> UpstreamChannel {
+        UpstreamChannel {
+            urls,
+            connect_timeout: self.upstream_connect_timeout,
+            keepalive_interval: self.upstream_keepalive,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
+            streams_per_connection: self.upstream_streams_per_connection,
+            max_connections: self.upstream_max_connections,
+        }
+    }
 }
 
 /// Lazily connected HTTP/2 connections to the upstream endpoints.

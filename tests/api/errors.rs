@@ -105,7 +105,7 @@ async fn an_update_with_an_invalid_status_ends_the_stream_with_an_internal_error
 
 #[tokio::test]
 async fn an_upstream_that_ends_without_a_terminal_update_is_a_retryable_error() {
-    let app = TestApp::builder().configure(|c| c.retry_budget = Duration::from_millis(500)).spawn().await;
+    let app = TestApp::builder().configure(|c| c.hub.retry_budget = Duration::from_millis(500)).spawn().await;
     let frames = app.transcript("truncated").await;
     let events = events(&frames);
     assert_eq!(names(&frames), ["progress", "progress", "error"]);

@@ -111,7 +111,7 @@ async fn a_topic_that_fails_gets_its_own_error_while_the_others_go_on() {
 
 #[tokio::test]
 async fn malformed_duplicate_or_too_many_topics_and_bad_cursors_are_400_before_any_call() {
-    let app = TestApp::builder().configure(|c| c.max_topics = 3).spawn().await;
+    let app = TestApp::builder().configure(|c| c.stream.max_topics = 3).spawn().await;
     let doc = "/documents/doc-1/progress";
     let cases = [
         ("/events".to_owned(), "invalid_topic"),

@@ -121,7 +121,7 @@ async fn a_resume_point_beyond_the_end_of_a_finished_job_gets_reset_then_the_ter
 #[tokio::test]
 async fn every_gauge_is_back_to_zero_after_the_viewer_left_and_the_linger_passed() {
     let linger = Duration::from_secs(2);
-    let app = TestApp::builder().speed(1.0).configure(|c| c.linger = linger).spawn().await;
+    let app = TestApp::builder().speed(1.0).configure(|c| c.hub.linger = linger).spawn().await;
     // `slow` runs for a minute at speed 1: only the cancel can end its upstream call here.
     let mut reader = SseReader::new(app.open_progress(&fresh("slow")).await);
     assert!(matches!(reader.next_event().await, Some(Frame::Event { .. })), "the stream delivers");
@@ -275,7 +275,7 @@ async fn an_upstream_message_over_the_decode_limit_is_a_502_before_and_during_th
 
 #[tokio::test]
 async fn the_upstream_message_limit_is_a_setting() {
-    let app = TestApp::builder().configure(|c| c.max_upstream_message_bytes = 10 * 1024).spawn().await;
+    let app = TestApp::builder().configure(|c| c.upstream.max_upstream_message_bytes = 10 * 1024).spawn().await;
     let body = problem(app.open_progress("oversized-20k").await, 502).await;
     assert_eq!(body["code"], "bad_gateway", "a 20 KiB message over a 10 KiB limit: {body}");
     let frames = app.transcript("doc-1").await;

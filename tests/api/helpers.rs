@@ -203,7 +203,7 @@ impl TestAppBuilder {
     }
 
     pub fn heartbeat(mut self, every: Duration) -> Self {
-        self.config.heartbeat = every;
+        self.config.stream.heartbeat = every;
         self
     }
 
@@ -352,7 +352,7 @@ pub async fn problem(response: reqwest::Response, status: u16) -> Value {
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        sse_bff::telemetry::init(sse_bff::config::LogFormat::Text);
+        sse_bff::telemetry::init(sse_bff::telemetry::LogFormat::Text);
     }
 }
 

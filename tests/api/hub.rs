@@ -25,7 +25,7 @@ fn resume_from(app: &TestApp, last: u64) -> HeaderMap {
 
 #[tokio::test]
 async fn fifty_viewers_of_one_document_cost_one_upstream_call() {
-    let app = TestApp::builder().speed(4.0).configure(|c| c.max_streams_per_user = 100).spawn().await;
+    let app = TestApp::builder().speed(4.0).configure(|c| c.limits.max_streams_per_user = 100).spawn().await;
     let transcripts = join_all((0..50).map(|_| app.transcript("doc-2"))).await;
     for frames in &transcripts {
         assert_eq!(ids(frames), (1..=10).collect::<Vec<_>>(), "every viewer gets every update");
@@ -178,9 +178,9 @@ async fn three_hundred_viewers_fast_and_slow_get_intact_ordered_streams() {
     let app = TestApp::builder()
         .speed(1.0)
         .configure(|c| {
-            c.max_streams_per_user = 400;
-            c.replay_log = 256;
-            c.viewer_lag = 256;
+            c.limits.max_streams_per_user = 400;
+            c.hub.replay_log = 256;
+            c.hub.viewer_lag = 256;
         })
         .spawn()
         .await;
@@ -204,7 +204,7 @@ async fn three_hundred_viewers_fast_and_slow_get_intact_ordered_streams() {
 
 #[tokio::test]
 async fn a_viewer_that_never_reads_is_dropped_after_the_stall_timeout() {
-    let app = TestApp::builder().configure(|c| c.stall_timeout = Duration::from_millis(500)).spawn().await;
+    let app = TestApp::builder().configure(|c| c.server.stall_timeout = Duration::from_millis(500)).spawn().await;
     let mut stalled = stalled_viewer(&app, "flood").await;
     // A 32 MB flood fills both socket buffers within a second; the server gives up half a
     // second after its writes block, long before the flood is over.
@@ -245,7 +245,7 @@ async fn a_reconnect_after_the_end_is_204_from_the_kept_log() {
 
 #[tokio::test]
 async fn a_resume_point_nobody_keeps_starts_with_reset_then_the_current_state() {
-    let app = TestApp::builder().configure_sim(|s| s.retain = 3).configure(|c| c.replay_log = 2).spawn().await;
+    let app = TestApp::builder().configure_sim(|s| s.retain = 3).configure(|c| c.hub.replay_log = 2).spawn().await;
     assert_eq!(ids(&app.transcript("doc-1").await).last(), Some(&10));
 
     let frames = SseReader::new(app.open_progress_with("doc-1", &resume_from(&app, 2)).await).read_to_end().await;
@@ -266,7 +266,7 @@ async fn sharing_is_per_user_by_default_and_per_tenant_when_chosen() {
     for (scope, expected) in [(None, 2), (Some(ShareScope::Tenant), 1)] {
         let mut builder = TestApp::builder().speed(4.0);
         if let Some(scope) = scope {
-            builder = builder.configure(|c| c.share_scope = scope);
+            builder = builder.configure(|c| c.hub.share_scope = scope);
         }
         let app = builder.spawn().await;
         let alice = app.open_progress_as("doc-2", &token("alice", "acme")).await;

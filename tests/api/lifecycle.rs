@@ -11,7 +11,7 @@ use crate::helpers::{SseReader, TestApp, problem};
 #[tokio::test]
 async fn the_last_viewer_leaving_cancels_the_upstream_call_after_the_linger() {
     let linger = Duration::from_millis(300);
-    let app = TestApp::builder().speed(1.0).configure(|c| c.linger = linger).spawn().await;
+    let app = TestApp::builder().speed(1.0).configure(|c| c.hub.linger = linger).spawn().await;
     let mut reader = SseReader::new(app.open_progress("slow").await);
     assert!(matches!(reader.next_event().await, Some(Frame::Event { .. })));
     assert!(app.sim.wait_until(Duration::from_secs(1), |s| s.active() == 1).await, "the call is streaming");
@@ -25,7 +25,7 @@ async fn the_last_viewer_leaving_cancels_the_upstream_call_after_the_linger() {
 
 #[tokio::test]
 async fn a_reconnect_within_the_linger_reuses_the_upstream_call() {
-    let app = TestApp::builder().speed(1.0).configure(|c| c.linger = Duration::from_secs(5)).spawn().await;
+    let app = TestApp::builder().speed(1.0).configure(|c| c.hub.linger = Duration::from_secs(5)).spawn().await;
     let mut first = SseReader::new(app.open_progress("slow").await);
     assert!(first.next_event().await.is_some());
     drop(first);

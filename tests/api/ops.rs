@@ -43,7 +43,7 @@ async fn more_documents_than_one_upstream_connection_allows_all_stream() {
     let app = TestApp::builder()
         .speed(1.0)
         .configure_sim(|s| s.max_concurrent_streams = Some(5))
-        .configure(|c| c.upstream_streams_per_connection = 5)
+        .configure(|c| c.upstream.upstream_streams_per_connection = 5)
         .spawn()
         .await;
     let documents: Vec<String> = (1..=16).map(|n| format!("slow.{n}")).collect();

@@ -242,7 +242,7 @@ async fn an_upstream_that_starts_over_and_fails_again_ends_the_stream_within_the
     // Build 44 loses its agent (UNAVAILABLE) after three events, every time: a call made again
     // replays the same three events, which must not renew the retry budget.
     let app = TestApp::builder()
-        .configure(|c| c.retry_budget = Duration::from_secs(1))
+        .configure(|c| c.hub.retry_budget = Duration::from_secs(1))
         .routes(|sim| build_route(sim, &descriptor_file(), "id = \"offset\"\nterminal = [\"finished\"]"))
         .spawn()
         .await;

@@ -22,7 +22,7 @@ async fn sse_reference(app: &TestApp) -> Vec<Value> {
 #[tokio::test]
 async fn ndjson_streams_the_same_objects_one_per_line() {
     // A log that holds the whole ten-event job, so both representations read the same call.
-    let app = TestApp::builder().configure(|c| c.replay_log = 16).spawn().await;
+    let app = TestApp::builder().configure(|c| c.hub.replay_log = 16).spawn().await;
     let reference = sse_reference(&app).await;
     let response = app.get("/documents/doc-1/progress?lastEventId=0", &accept(&app, "application/x-ndjson")).await;
     assert_eq!(response.status(), 200);

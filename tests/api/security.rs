@@ -323,8 +323,11 @@ async fn a_token_expiring_mid_stream_ends_the_stream_by_exp() {
 
 #[tokio::test]
 async fn the_maximum_stream_lifetime_applies_to_long_lived_tokens() {
-    let app =
-        TestApp::builder().speed(1.0).configure(|c| c.max_stream_lifetime = Duration::from_millis(700)).spawn().await;
+    let app = TestApp::builder()
+        .speed(1.0)
+        .configure(|c| c.stream.max_stream_lifetime = Duration::from_millis(700))
+        .spawn()
+        .await;
     let started = Instant::now();
     let frames = app.transcript("slow").await;
     let lasted = started.elapsed();
@@ -378,7 +381,7 @@ async fn raw_request(app: &TestApp, extra: &str) -> u16 {
 
 #[tokio::test]
 async fn the_per_user_connection_limit_is_429_with_retry_after() {
-    let app = TestApp::builder().speed(1.0).configure(|c| c.max_streams_per_user = 2).spawn().await;
+    let app = TestApp::builder().speed(1.0).configure(|c| c.limits.max_streams_per_user = 2).spawn().await;
     let first = app.open_progress("slow").await;
     let second = app.open_progress("slow").await;
     assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
@@ -498,7 +501,7 @@ async fn unsafe_auth_configurations_refuse_to_start() {
         let error = App::build(config, CancellationToken::new()).await.unwrap_err().to_string();
         assert!(error.contains(expected), "{error}");
     }
-    let parsed = <sse_bff::config::Cli as clap::Parser>::try_parse_from([
+    let parsed = <sse_bff::cli::Cli as clap::Parser>::try_parse_from([
         "sse-bff",
         "serve",
         "--upstream",
@@ -512,7 +515,7 @@ async fn unsafe_auth_configurations_refuse_to_start() {
 
 #[tokio::test]
 async fn the_global_connection_limit_is_429_for_everyone() {
-    let app = TestApp::builder().speed(1.0).configure(|c| c.max_streams = 2).spawn().await;
+    let app = TestApp::builder().speed(1.0).configure(|c| c.limits.max_streams = 2).spawn().await;
     let first = app.open_progress_as("slow", &token("alice", "acme")).await;
     let second = app.open_progress_as("slow", &token("bob", "acme")).await;
     assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));

@@ -78,7 +78,7 @@ async fn requests_with_a_body_and_malformed_heads_are_still_answered() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_mid_stream_leaves_the_hub() {
-    let app = TestApp::builder().speed(1.0).configure(|c| c.linger = Duration::from_millis(100)).spawn().await;
+    let app = TestApp::builder().speed(1.0).configure(|c| c.hub.linger = Duration::from_millis(100)).spawn().await;
     let mut socket = TcpStream::connect(app.addr).await.unwrap();
     // `silent` sends its first update and then nothing for a minute: the server must notice the
     // close from the socket, not from a failing write.

@@ -38,8 +38,8 @@ async fn spawn_tls(issued: &Issued, speed: f64) -> TestApp {
     TestApp::builder()
         .speed(speed)
         .configure(|config| {
-            config.tls_cert = Some(cert);
-            config.tls_key = Some(key);
+            config.server.tls_cert = Some(cert);
+            config.server.tls_key = Some(key);
         })
         .spawn()
         .await
@@ -241,8 +241,8 @@ async fn files_that_cannot_be_used_keep_the_current_certificate() {
 
 async fn build_error(cert: Option<&Path>, key: Option<&Path>) -> String {
     let mut config = ServeConfig::with_upstream("http://127.0.0.1:1");
-    config.tls_cert = cert.map(Path::to_owned);
-    config.tls_key = key.map(Path::to_owned);
+    config.server.tls_cert = cert.map(Path::to_owned);
+    config.server.tls_key = key.map(Path::to_owned);
     match App::build(config, CancellationToken::new()).await {
         Ok(_) => panic!("the app must not start"),
         Err(error) => error.to_string(),
