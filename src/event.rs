@@ -140,6 +140,14 @@ fn digits(id: u64) -> usize {
 mod tests {
     use super::*;
 
+    /// Replay logs hold many events and every delivery clones an `Arc` of one: a field added
+    /// without thought shows up here first.
+    #[test]
+    fn an_event_stays_small() {
+        assert!(std::mem::size_of::<StreamEvent>() <= 128, "{} bytes", std::mem::size_of::<StreamEvent>());
+        assert!(std::mem::size_of::<EventKind>() <= 24, "{} bytes", std::mem::size_of::<EventKind>());
+    }
+
     #[test]
     fn events_from_the_upstream_carry_static_names_and_numeric_ids() {
         let update = StreamEvent::new(7, EventKind::COMPLETED, br#"{"message":"a\nb"}"#, None);

@@ -4,29 +4,38 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    sync::{Arc, Mutex},
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use futures_util::{StreamExt as _, future::BoxFuture};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::Code;
 
 use super::{Delivery, Hub, HubSettings, ShareScope, Subscription, ViewerStream};
 use crate::{
     event::{EventKind, StreamEvent},
     metrics::Metrics,
     routes::Retention,
-    upstream::{Call, EventStream, Identity, ParamRejected, Resource, UpstreamError},
+    upstream::{Call, EventStream, Identity, ParamRejected, Resource, SharedResource, UpstreamError},
 };
 
 type Feed = mpsc::UnboundedSender<Result<StreamEvent, UpstreamError>>;
+type Events = mpsc::UnboundedReceiver<Result<StreamEvent, UpstreamError>>;
 
-/// One upstream call whose events the test sends.
+/// Upstream calls whose events the test sends: each `open` takes the next scripted call (an
+/// event channel, or an error), and counts itself.
 #[derive(Debug)]
 struct Fake {
-    events: Mutex<Option<mpsc::UnboundedReceiver<Result<StreamEvent, UpstreamError>>>>,
+    calls: Mutex<VecDeque<Result<Events, UpstreamError>>>,
+    opened: AtomicUsize,
     retention: Retention,
     replay: usize,
 }
@@ -53,15 +62,15 @@ impl Resource for Fake {
     }
 
     fn open(self: Arc<Self>, _: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
-        let events = self.events.lock().unwrap().take().expect("one upstream call");
-        Box::pin(async move { Ok(Box::pin(UnboundedReceiverStream::new(events)) as EventStream) })
+        self.opened.fetch_add(1, Ordering::SeqCst);
+        let next = self.calls.lock().unwrap().pop_front();
+        let call = next.unwrap_or_else(|| Err(UpstreamError::new(Code::Unavailable, "no call scripted")));
+        Box::pin(async move { call.map(|events| Box::pin(UnboundedReceiverStream::new(events)) as EventStream) })
     }
 }
 
-fn hub(retention: Retention, replay: usize) -> (Hub, Feed) {
-    let (feed, events) = mpsc::unbounded_channel();
-    let fake = Arc::new(Fake { events: Mutex::new(Some(events)), retention, replay });
-    let settings = HubSettings {
+fn settings() -> HubSettings {
+    HubSettings {
         first_event_wait: Duration::from_secs(2),
         linger: Duration::from_secs(10),
         keep_finished: Duration::from_secs(60),
@@ -72,8 +81,35 @@ fn hub(retention: Retention, replay: usize) -> (Hub, Feed) {
         idle_timeout: Duration::from_secs(300),
         share_scope: ShareScope::User,
         metrics: Arc::new(Metrics::default()),
-    };
-    (Hub::new(fake, settings, CancellationToken::new()), feed)
+    }
+}
+
+/// A hub over a fake resource with `calls` scripted, and the senders of the scripted channels.
+fn scripted(
+    retention: Retention,
+    replay: usize,
+    settings: HubSettings,
+    calls: Vec<Result<(), UpstreamError>>,
+) -> (Hub, Arc<Fake>, Vec<Feed>) {
+    let mut feeds = Vec::new();
+    let calls = calls
+        .into_iter()
+        .map(|call| {
+            call.map(|()| {
+                let (feed, events) = mpsc::unbounded_channel();
+                feeds.push(feed);
+                events
+            })
+        })
+        .collect();
+    let fake = Arc::new(Fake { calls: Mutex::new(calls), opened: AtomicUsize::new(0), retention, replay });
+    let hub = Hub::new(Arc::clone(&fake) as SharedResource, settings, CancellationToken::new());
+    (hub, fake, feeds)
+}
+
+fn hub(retention: Retention, replay: usize) -> (Hub, Feed) {
+    let (hub, _, mut feeds) = scripted(retention, replay, settings(), vec![Ok(())]);
+    (hub, feeds.remove(0))
 }
 
 fn event(id: u64) -> Result<StreamEvent, UpstreamError> {
@@ -124,4 +160,78 @@ async fn a_log_route_resets_a_viewer_that_fell_out_of_the_log() {
 async fn a_state_route_conflates_a_lagging_viewer_to_the_latest_event() {
     let got = lagging_viewer(Retention::State, 100).await;
     assert_eq!(got, ["10"], "progress is state: the latest replaces what was missed");
+}
+
+fn live(subscription: Result<Subscription, UpstreamError>) -> ViewerStream {
+    match subscription {
+        Ok(Subscription::Live { events, .. }) => events,
+        other => panic!("a live subscription, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_lingers_after_its_last_viewer_then_is_cancelled() {
+    let (hub, fake, feeds) = scripted(Retention::State, 8, settings(), vec![Ok(()), Ok(())]);
+    feeds[0].send(event(1)).unwrap();
+    drop(live(hub.subscribe(call(), None, None).await));
+    // Within the linger (10 s) a returning viewer shares the same call.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert!(!feeds[0].is_closed(), "still open within the linger");
+    let again = live(hub.subscribe(call(), None, None).await);
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1, "the lingering call was reused");
+    drop(again);
+    tokio::time::sleep(Duration::from_millis(9_990)).await;
+    assert!(!feeds[0].is_closed(), "the linger starts again from the last viewer");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(feeds[0].is_closed(), "cancelled once the linger passed with no viewer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_call_answers_late_reconnects_for_keep_finished_then_leaves() {
+    let (hub, fake, feeds) = scripted(Retention::State, 100, settings(), vec![Ok(()), Ok(())]);
+    for id in 1..=10 {
+        feeds[0].send(event(id)).unwrap();
+    }
+    let all: Vec<_> = live(hub.subscribe(call(), Some(0), None).await).collect().await;
+    assert_eq!(all.len(), 10);
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert!(matches!(hub.subscribe(call(), Some(10), None).await, Ok(Subscription::Finished { last: 10 })));
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1, "answered from the kept log");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    feeds[1].send(event(1)).unwrap();
+    let _fresh = live(hub.subscribe(call(), None, None).await);
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2, "after keep-finished a reconnect calls again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscription_waits_the_first_event_wait_then_reports_the_failure_being_retried() {
+    let error = || Err(UpstreamError::new(Code::Unavailable, "down"));
+    let (hub, fake, _) = scripted(Retention::State, 8, settings(), (0..100).map(|_| error()).collect());
+    let started = Instant::now();
+    let answer = hub.subscribe(call(), None, None).await;
+    assert_eq!(started.elapsed(), Duration::from_secs(2), "the first-event wait, no longer");
+    assert!(matches!(answer, Err(UpstreamError { code: Code::Unavailable, .. })));
+    assert!(fake.opened.load(Ordering::SeqCst) >= 3, "retried with backoff meanwhile");
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_retried_with_backoff_until_the_retry_budget_then_end() {
+    let error = || Err(UpstreamError::new(Code::Unavailable, "down"));
+    let mut calls = vec![Ok(())];
+    calls.extend((0..100).map(|_| error()));
+    let mut settings = settings();
+    settings.retry_budget = Duration::from_secs(10);
+    let (hub, fake, feeds) = scripted(Retention::State, 8, settings, calls);
+    feeds[0].send(event(1)).unwrap();
+    let mut viewer = live(hub.subscribe(call(), None, None).await);
+    assert!(matches!(viewer.next().await, Some(Delivery::Event(e)) if e.id == 1));
+    let broke = Instant::now();
+    drop(feeds);
+    let ending = viewer.next().await;
+    assert!(matches!(ending, Some(Delivery::Failed(UpstreamError { code: Code::Unavailable, .. }))), "{ending:?}");
+    let spent = broke.elapsed();
+    assert!((Duration::from_secs(10)..Duration::from_secs(13)).contains(&spent), "the budget, then the end: {spent:?}");
+    // Backoff from 100 ms doubling to 2 s (jittered ±50 %): far fewer calls than one per tick.
+    let opened = fake.opened.load(Ordering::SeqCst);
+    assert!((5..=20).contains(&opened), "{opened} calls in the budget");
 }

@@ -214,15 +214,19 @@ impl Shared {
         self.changed.send_replace(());
     }
 
-    /// Resolves once no viewer has been attached for `linger`.
+    /// Resolves once no viewer has been attached for `linger` since the last one left.
     async fn idle(&self, linger: Duration) {
         let mut viewers = self.viewers.subscribe();
         loop {
             if viewers.wait_for(|n| *n == 0).await.is_err() {
                 return std::future::pending().await;
             }
-            if tokio::time::timeout(linger, viewers.wait_for(|n| *n > 0)).await.is_err() {
-                return;
+            // Any change restarts the linger, even a viewer that came and left again before
+            // this task looked: the linger runs from the last viewer leaving.
+            match tokio::time::timeout(linger, viewers.changed()).await {
+                Err(_) => return,
+                Ok(Err(_)) => return std::future::pending().await,
+                Ok(Ok(())) => {}
             }
         }
     }
