@@ -94,9 +94,7 @@ pub fn service(state: AppState, edge: &EdgeSettings, hubs: &[Hub]) -> HttpServic
         let hub = hub.clone();
         routes = routes.route(
             hub.route(),
-            get(move |state, path, headers, uri, upgrade, direct| {
-                resource::stream(hub, state, path, headers, uri, upgrade, direct)
-            }),
+            get(move |state, path, headers, uri, upgrade| resource::stream(hub, state, path, headers, uri, upgrade)),
         );
     }
     let shaped: Arc<[Hub]> = hubs.iter().cloned().collect();

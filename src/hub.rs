@@ -5,10 +5,9 @@
 //! upstream call: it resumes after transient failures, lingers when the last viewer leaves, and
 //! keeps a finished resource's log for late reconnects. Each viewer reads the log and a
 //! broadcast of live events; one that falls behind skips to the latest update (progress is
-//! state), and the terminal event is never skipped. A viewer whose connection is a [`Sink`] is
-//! written to by the driver itself while it is caught up (`direct.rs`).
+//! state), and the terminal event is never skipped. Every viewer's events are written by its
+//! connection's own task: the hub never touches a socket.
 
-mod direct;
 mod shared;
 #[cfg(test)]
 mod tests;
@@ -22,7 +21,6 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-pub use direct::{MAX_BATCH, Offer, Sink};
 pub use viewer::{Delivery, ViewerStream};
 
 use self::shared::Shared;
@@ -138,18 +136,12 @@ impl Hub {
 
     /// Subscribes a viewer to the resource of `call.params`, resuming after `resume` when given (else starting
     /// with the latest update). Errors are those known before anything was sent. With a
-    /// `sink`, the hub writes to the viewer's connection itself while the viewer is caught up.
-    pub async fn subscribe(
-        &self,
-        call: Call,
-        resume: Option<u64>,
-        sink: Option<Arc<dyn Sink>>,
-    ) -> Result<Subscription, UpstreamError> {
+    pub async fn subscribe(&self, call: Call, resume: Option<u64>) -> Result<Subscription, UpstreamError> {
         self.inner.resource.available()?;
         let key = self.key(&call);
         loop {
             let shared = self.shared(&key, &call);
-            match shared.attach(resume, &self.inner.settings, None, sink.as_ref()).await {
+            match shared.attach(resume, &self.inner.settings, None).await {
                 shared::Attach::Ready(subscription) => {
                     if resume.is_some() {
                         self.inner.settings.metrics.replay_hit(self.route());
@@ -162,11 +154,11 @@ impl Hub {
                 // Without a resume field, the BFF's log was the only way back: start over.
                 shared::Attach::NeedsPrivateCall(_) if !self.inner.resource.resumable() => {
                     self.inner.settings.metrics.replay_miss(self.route());
-                    return Ok(reset(Box::pin(self.subscribe(call, None, sink)).await?));
+                    return Ok(reset(Box::pin(self.subscribe(call, None)).await?));
                 }
                 shared::Attach::NeedsPrivateCall(after) => {
                     self.inner.settings.metrics.replay_miss(self.route());
-                    return self.private(call, after, sink).await;
+                    return self.private(call, after).await;
                 }
             }
         }
@@ -214,12 +206,7 @@ impl Hub {
     /// A viewer whose resume point is older than the shared log gets its own upstream call
     /// from that point; if the upstream no longer has it either, the stream is reset and joins
     /// the shared call at its latest update.
-    async fn private(
-        &self,
-        call: Call,
-        after: u64,
-        sink: Option<Arc<dyn Sink>>,
-    ) -> Result<Subscription, UpstreamError> {
+    async fn private(&self, call: Call, after: u64) -> Result<Subscription, UpstreamError> {
         let inner = &self.inner;
         let own = Call { resume_after: after, ..call.clone() };
         // Not in the map: nobody else attaches, and it ends when its viewer leaves.
@@ -230,10 +217,10 @@ impl Hub {
             inner.shutdown.child_token(),
             |_| {},
         );
-        match private.attach(Some(after), &inner.settings, Some(from_start), sink.as_ref()).await {
+        match private.attach(Some(after), &inner.settings, Some(from_start)).await {
             shared::Attach::Ready(subscription) => Ok(subscription),
             shared::Attach::Failed(error) if error.code == tonic::Code::OutOfRange => {
-                Ok(reset(Box::pin(self.subscribe(call, None, sink)).await?))
+                Ok(reset(Box::pin(self.subscribe(call, None)).await?))
             }
             shared::Attach::Failed(error) => Err(error),
             shared::Attach::Gone | shared::Attach::NeedsPrivateCall(_) => Err(UpstreamError::ended_early()),

@@ -106,7 +106,7 @@ impl Default for Metrics {
         let delivery_lag = Histogram::new(latency_buckets());
         registry.register(
             "delivery_lag_seconds",
-            "Time from the upstream's emitted_at to the event being handed to the socket (sampled: one delivery in 16 per stream, or one per pass of direct writes, after its last write)",
+            "Time from the upstream's emitted_at to the event being handed to the socket (sampled: one delivery in 16 per stream)",
             delivery_lag.clone(),
         );
         let first_event = Histogram::new(latency_buckets());
@@ -177,7 +177,7 @@ impl Metrics {
     }
 
     /// One sample of the delivery lag of an event emitted at `emitted_at`, taken now: by a
-    /// stream for one delivery in 16, or by the hub after a pass of direct writes.
+    /// stream for one delivery in 16.
     pub fn delivery_lag(&self, emitted_at: Option<SystemTime>) {
         if let Some(lag) = emitted_at.and_then(|at| SystemTime::now().duration_since(at).ok()) {
             self.delivery_lag.observe(lag.as_secs_f64());
@@ -244,13 +244,6 @@ impl OpenStream {
             return;
         }
         self.metrics.delivery_lag(emitted_at);
-    }
-
-    /// The hub wrote `count` events to this stream's connection itself (it samples their lag
-    /// itself, once per write pass: see [`Metrics::delivery_lag`]).
-    pub fn sent_directly(&mut self, count: u64) {
-        self.sent.inc_by(count);
-        self.delivered += count;
     }
 
     /// The stream's first event went out `after` the request arrived.

@@ -92,7 +92,7 @@ pub async fn stream(
     let request_id = HeaderValue::from_str(&identity.request_id).ok();
     let subscriptions = join_all(topics.iter().zip(&positions).map(|(topic, position)| {
         let call = Call { params: Arc::clone(&topic.params), resume_after: 0, identity: identity.clone() };
-        topic.hub.subscribe(call, *position, None)
+        topic.hub.subscribe(call, *position)
     }))
     .await;
     let opened = Opened::sort(subscriptions, positions);

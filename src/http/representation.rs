@@ -4,7 +4,6 @@
 use std::{
     convert::Infallible,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -22,12 +21,11 @@ use serde_json::value::RawValue;
 
 use super::{
     ApiError,
-    server::DirectWrite,
     stream::{Ending, Output, Viewer},
 };
 use crate::{
     event::StreamEvent,
-    hub::{Delivery, MAX_BATCH, Offer, Sink, ViewerStream},
+    hub::{Delivery, ViewerStream},
     sse,
 };
 
@@ -121,36 +119,6 @@ pub fn ndjson(feed: impl Stream<Item = Output> + Send + 'static) -> Response {
         })
     });
     streaming(lines, "application/x-ndjson")
-}
-
-/// A streaming response's connection as the hub writes events to it: the same bytes
-/// [`event_stream`] or [`ndjson`] would write for them.
-#[derive(Debug)]
-pub struct DirectEvents {
-    connection: DirectWrite,
-    ndjson: bool,
-}
-
-impl DirectEvents {
-    /// SSE frames, or NDJSON lines when `ndjson`.
-    pub fn new(connection: DirectWrite, ndjson: bool) -> Self {
-        Self { connection, ndjson }
-    }
-}
-
-impl Sink for DirectEvents {
-    fn offer(&self, events: &[Arc<StreamEvent>]) -> Offer {
-        let mut parts: [&[u8]; 2 * MAX_BATCH] = [&[]; 2 * MAX_BATCH];
-        let mut len = 0;
-        for event in events.iter().take(MAX_BATCH) {
-            let frame: [&[u8]; 2] = if self.ndjson { [&event.data, b"\n"] } else { [&event.sse, b""] };
-            for (slot, part) in parts[len..].iter_mut().zip(frame.into_iter().filter(|part| !part.is_empty())) {
-                *slot = part;
-                len += 1;
-            }
-        }
-        self.connection.try_write(&parts[..len])
-    }
 }
 
 fn line(json: &[u8]) -> Bytes {

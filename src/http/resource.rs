@@ -4,10 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
 use axum::{
-    Extension,
     extract::{
         Path, State,
         rejection::PathRejection,
@@ -19,13 +16,12 @@ use axum::{
 
 use super::{
     ApiError, AppState,
-    representation::{self, DirectEvents, LastId, Representation},
-    server::DirectWrite,
+    representation::{self, LastId, Representation},
     stream::{Viewer, feed},
 };
 use crate::{
     auth::Principal,
-    hub::{Hub, Sink, Subscription, ViewerStream},
+    hub::{Hub, Subscription, ViewerStream},
     metrics::Transport,
     upstream::{Call, Identity},
 };
@@ -46,7 +42,6 @@ pub async fn stream(
     headers: HeaderMap,
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    direct: Option<Extension<DirectWrite>>,
 ) -> Result<Response, ApiError> {
     let span = tracing::Span::current();
     let started = Instant::now();
@@ -84,13 +79,8 @@ pub async fn stream(
     span.record("request_id", identity.request_id.as_str());
     let request_id = HeaderValue::from_str(&identity.request_id).ok();
     let transport = transport(upgrade.is_some(), representation);
-    // Served by our own HTTP/1.1 path: the hub may write a caught-up stream's events itself.
-    let sink =
-        direct.filter(|_| matches!(transport, Transport::Sse | Transport::Ndjson)).map(|Extension(connection)| {
-            Arc::new(DirectEvents::new(connection, transport == Transport::Ndjson)) as Arc<dyn Sink>
-        });
     let call = Call { params: params.into(), resume_after: 0, identity };
-    let subscription = hub.subscribe(call, resume, sink).await.map_err(ApiError::Upstream)?;
+    let subscription = hub.subscribe(call, resume).await.map_err(ApiError::Upstream)?;
     let (reset, events) = match subscription {
         Subscription::Finished { last } if representation == Some(Representation::LongPoll) => {
             return Ok(representation::long_poll_finished(LastId::Id(last)));

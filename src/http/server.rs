@@ -18,7 +18,6 @@
 //! loop here writes to the socket itself, which a TLS stream does not allow.
 
 mod config;
-mod direct;
 mod handover;
 mod tls;
 mod wire;
@@ -42,7 +41,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt as _;
 
 pub use self::config::ServerConfig;
-pub use self::direct::DirectWrite;
 pub use self::tls::{Tls, TlsError};
 use self::wire::{Framing, LAST_CHUNK, Parsed};
 use super::{ApiError, HttpService};
@@ -135,11 +133,10 @@ enum Head {
     Closed,
 }
 
-/// The next body frame, the client's end of the connection, or what a direct write left.
+/// The next body frame, or the client's end of the connection.
 enum Step {
     Frame(Option<Result<Frame<Bytes>, axum::Error>>),
     Readable(io::Result<()>),
-    Held(Vec<u8>),
 }
 
 impl Server {
@@ -158,8 +155,6 @@ impl Server {
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream) {
-        // Shared with the hub's direct writes (by weak reference) while a stream waits.
-        let stream = Arc::new(stream);
         // Bytes received and not yet used: a head being read, or the next pipelined request.
         let mut read = Vec::new();
         loop {
@@ -172,8 +167,6 @@ impl Server {
             let (request, keep_alive) = match head {
                 Ok(Ok(Head::Request { request, keep_alive })) => (request, keep_alive),
                 Ok(Ok(Head::Other)) => {
-                    // Direct writes have all ended with their responses: nothing else holds it.
-                    let Ok(stream) = Arc::try_unwrap(stream) else { return };
                     let (service, shutdown) = (self.service.clone(), self.shutdown.clone());
                     // Boxed: hyper's connection state is large, and only these connections need it.
                     let handover = handover::serve(stream, read, service, self.bounds(), shutdown);
@@ -251,13 +244,11 @@ impl Server {
     /// another request.
     async fn respond(
         &self,
-        stream: &Arc<TcpStream>,
-        mut request: Request<Body>,
+        stream: &TcpStream,
+        request: Request<Body>,
         keep_alive: bool,
         read: &mut Vec<u8>,
     ) -> io::Result<bool> {
-        let direct = DirectWrite::new(stream);
-        request.extensions_mut().insert(direct.clone());
         let head_only = request.method() == Method::HEAD;
         let version = request.version();
         let response = match self.service.clone().oneshot(request).await {
@@ -274,10 +265,7 @@ impl Server {
             wire::write_all(stream, &mut [IoSlice::new(&head)], stall).await?;
             return Ok(keep_alive);
         }
-        direct.set_framing(framing);
-        let written = self.write_body(stream, head, body, framing, read, &direct).await;
-        direct.close();
-        written?;
+        self.write_body(stream, head, body, framing, read).await?;
         Ok(keep_alive && !self.shutdown.is_cancelled())
     }
 
@@ -290,7 +278,6 @@ impl Server {
         mut body: Body,
         framing: Framing,
         read: &mut Vec<u8>,
-        direct: &DirectWrite,
     ) -> io::Result<()> {
         let stall = self.settings.stall_timeout;
         let mut head = Some(head);
@@ -302,7 +289,7 @@ impl Server {
                     if let Some(head) = head.take() {
                         wire::write_all(stream, &mut [IoSlice::new(&head)], stall).await?;
                     }
-                    self.next_frame(stream, &mut body, read, direct).await?
+                    self.next_frame(stream, &mut body, read).await?
                 }
             };
             let head_bytes = head.take().unwrap_or_default();
@@ -324,34 +311,23 @@ impl Server {
 
     /// Waits for the next body frame while watching the socket: a client that closes its end
     /// drops the body at once (and with it the hub subscription), without waiting for the next
-    /// write to fail. Bytes that arrive meanwhile are kept for the next request. While it
-    /// waits, the hub may write events through `direct`; what such a write left is written
-    /// before the next frame.
+    /// write to fail. Bytes that arrive meanwhile are kept for the next request.
     async fn next_frame(
         &self,
         stream: &TcpStream,
         body: &mut Body,
         read: &mut Vec<u8>,
-        direct: &DirectWrite,
     ) -> io::Result<Option<Result<Frame<Bytes>, axum::Error>>> {
         loop {
             let step = std::future::poll_fn(|cx| {
-                let held = direct.close();
-                if !held.is_empty() {
-                    return Poll::Ready(Step::Held(held));
-                }
                 if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
                     return Poll::Ready(Step::Frame(frame));
                 }
-                direct.open();
                 stream.poll_read_ready(cx).map(Step::Readable)
             })
             .await;
             match step {
                 Step::Frame(frame) => return Ok(frame),
-                Step::Held(held) => {
-                    wire::write_all(stream, &mut [IoSlice::new(&held)], self.settings.stall_timeout).await?
-                }
                 Step::Readable(ready) => {
                     ready?;
                     match read_available(stream, read)? {

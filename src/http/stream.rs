@@ -124,7 +124,8 @@ pub fn feed(
     async_stream::stream! {
         let _permit = viewer.permit;
         let mut first = true;
-        let mut counted = Counted { events, metrics: viewer.metrics };
+        let mut events = events;
+        let mut metrics = viewer.metrics;
         let deadline = tokio::time::sleep(until_deadline);
         let heartbeat = tokio::time::sleep(settings.heartbeat);
         // A child token of its own: polling it locks only this stream's node, where polling the
@@ -144,13 +145,10 @@ pub fn feed(
             let next = tokio::select! {
                 biased;
                 () = &mut shutdown => Next::Shutdown,
-                item = counted.events.next() => Next::Item(item),
+                item = events.next() => Next::Item(item),
                 () = &mut deadline => Next::Deadline,
                 () = &mut heartbeat => Next::Heartbeat,
             };
-            if let Some(at) = counted.count_direct() {
-                last_output = last_output.max(at);
-            }
             match next {
                 Next::Item(Some(Delivery::Reset)) => {
                     last_output = tokio::time::Instant::now();
@@ -159,9 +157,9 @@ pub fn feed(
                 Next::Item(Some(Delivery::Event(event))) => {
                     let terminal = event.kind.is_terminal();
                     if std::mem::take(&mut first) {
-                        counted.metrics.first_event(viewer.started.elapsed());
+                        metrics.first_event(viewer.started.elapsed());
                     }
-                    counted.metrics.event_sent(event.emitted_at);
+                    metrics.event_sent(event.emitted_at);
                     last_output = tokio::time::Instant::now();
                     yield Output::Event(event);
                     if terminal {
@@ -172,7 +170,7 @@ pub fn feed(
                     }
                 }
                 Next::Item(Some(Delivery::Failed(error))) => break Ending::Error(ApiError::Upstream(error)),
-                // The hub wrote the terminal event to the connection itself.
+                // A multiplexed stream whose every topic has ended.
                 Next::Item(None) => break Ending::Terminal,
                 Next::Heartbeat => {
                     let due = last_output + settings.heartbeat;
@@ -191,30 +189,6 @@ pub fn feed(
         };
         tracing::info!(parent: &span, ending = ending.label(), "stream ended");
         yield Output::End(ending);
-    }
-}
-
-/// A viewer's events with its metrics. Events the hub wrote to the connection itself are counted
-/// whenever the feed runs, and when it is dropped (the client left).
-struct Counted {
-    events: ViewerStream,
-    metrics: OpenStream,
-}
-
-impl Counted {
-    /// Counts the events the hub wrote since the last call; returns when it last wrote.
-    fn count_direct(&mut self) -> Option<tokio::time::Instant> {
-        let (written, at) = self.events.take_written_directly();
-        if written > 0 {
-            self.metrics.sent_directly(written);
-        }
-        at
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.count_direct();
     }
 }
 

@@ -1,7 +1,6 @@
 //! One shared upstream call: its replay log, the broadcast of live events, and viewers
 //! attaching to it. The task that calls the upstream lives in `driver.rs`.
 
-mod audience;
 mod driver;
 
 use std::{
@@ -14,11 +13,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{
-    HubSettings, Subscription,
-    direct::{Parking, Sink},
-    viewer,
-};
+use super::{HubSettings, Subscription, ViewerStream};
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::{event::StreamEvent, metrics::Metrics, upstream::UpstreamError};
@@ -34,8 +29,6 @@ pub(super) struct Shared {
     viewers: watch::Sender<usize>,
     /// Bumped when the first events arrive or the call ends, for subscribers waiting on it.
     changed: watch::Sender<()>,
-    /// Viewers the driver writes to directly (see `direct.rs`).
-    audience: audience::Audience,
     metrics: Arc<Metrics>,
     /// The route's gauge of attached viewers.
     viewer_gauge: Gauge,
@@ -56,8 +49,6 @@ struct State {
     end: Option<End>,
     /// The failure being retried, reported to a first viewer that gets no event in time.
     retrying: Option<UpstreamError>,
-    /// Viewers parked for the first time since the last publish; the driver takes them over.
-    incoming: Vec<Arc<Parking>>,
 }
 
 /// How a shared call ended.
@@ -81,11 +72,10 @@ pub(super) enum Attach {
     NeedsPrivateCall(u64),
 }
 
-/// Counts a viewer until dropped, and detaches its parking.
+/// Counts a viewer until dropped.
 #[derive(Debug)]
 pub(super) struct ViewerGuard {
     shared: Arc<Shared>,
-    pub(super) parking: Option<Arc<Parking>>,
 }
 
 impl ViewerGuard {
@@ -96,13 +86,6 @@ impl ViewerGuard {
 
 impl Drop for ViewerGuard {
     fn drop(&mut self) {
-        if let Some(parking) = &self.parking {
-            parking.detach();
-            self.shared.lock().incoming.retain(|p| !Arc::ptr_eq(p, parking));
-            // A shard being written drops detached viewers after the write; only a quiet call's
-            // audience needs pruning here.
-            self.shared.audience.forget(parking);
-        }
         self.shared.viewers.send_modify(|n| *n = n.saturating_sub(1));
         self.shared.viewer_gauge.dec();
     }
@@ -117,7 +100,6 @@ impl Shared {
         resume: Option<u64>,
         settings: &HubSettings,
         mut from_start: Option<Receiver>,
-        sink: Option<&Arc<dyn Sink>>,
     ) -> Attach {
         let mut changes = self.changed.subscribe();
         let deadline = Instant::now() + settings.first_event_wait;
@@ -126,9 +108,9 @@ impl Shared {
                 let state = self.lock();
                 match state.end {
                     Some(End::Cancelled) => true,
-                    Some(_) => return self.attach_now(state, resume, from_start.take(), sink),
+                    Some(_) => return self.attach_now(state, resume, from_start.take()),
                     None if !state.log.is_empty() || Instant::now() >= deadline => {
-                        return self.attach_now(state, resume, from_start.take(), sink);
+                        return self.attach_now(state, resume, from_start.take());
                     }
                     None => false,
                 }
@@ -150,7 +132,6 @@ impl Shared {
         state: MutexGuard<'_, State>,
         resume: Option<u64>,
         from_start: Option<Receiver>,
-        sink: Option<&Arc<dyn Sink>>,
     ) -> Attach {
         let Some(latest) = state.log.back() else {
             return match (&state.end, &state.retrying) {
@@ -158,11 +139,11 @@ impl Shared {
                 (Some(End::Terminal), _) => Attach::Failed(UpstreamError::ended_early()),
                 (Some(End::Cancelled), _) => Attach::Gone,
                 // Connected, but the upstream has not sent anything yet: stream what comes.
-                (None, None) => self.ready(&state, Vec::new(), resume.unwrap_or(0), false, from_start, sink),
+                (None, None) => self.ready(&state, Vec::new(), resume.unwrap_or(0), false, from_start),
             };
         };
         if from_start.is_some() {
-            return self.ready(&state, Vec::new(), resume.unwrap_or(0), false, from_start, sink);
+            return self.ready(&state, Vec::new(), resume.unwrap_or(0), false, from_start);
         }
         let finished = matches!(state.end, Some(End::Terminal));
         let backlog: Vec<_> = match resume {
@@ -174,7 +155,7 @@ impl Shared {
             // how the call ended.
             Some(after) if finished && after > latest.id => {
                 let current = vec![Arc::clone(latest)];
-                return self.ready(&state, current, 0, true, None, sink);
+                return self.ready(&state, current, 0, true, None);
             }
             // Ahead of a live call (another instance, or a call that started over, is a little
             // ahead): wait for what comes after it. If the call ends below it, the viewer gets
@@ -187,7 +168,7 @@ impl Shared {
         if let (Some(End::Failed(error)), true) = (&state.end, backlog.is_empty()) {
             return Attach::Failed(error.clone());
         }
-        self.ready(&state, backlog, resume.unwrap_or(0), false, None, sink)
+        self.ready(&state, backlog, resume.unwrap_or(0), false, None)
     }
 
     fn ready(
@@ -197,33 +178,16 @@ impl Shared {
         cursor: u64,
         reset: bool,
         from_start: Option<Receiver>,
-        sink: Option<&Arc<dyn Sink>>,
     ) -> Attach {
         self.viewers.send_modify(|n| *n += 1);
         self.viewer_gauge.inc();
-        let parking = sink.map(|sink| Arc::new(Parking::new(Arc::clone(sink))));
-        let guard = ViewerGuard { shared: Arc::clone(self), parking };
+        let guard = ViewerGuard { shared: Arc::clone(self) };
         let live = from_start.or_else(|| state.live.as_ref().map(broadcast::Sender::subscribe));
-        Attach::Ready(Subscription::Live { reset, events: viewer::shared(guard, backlog, live, cursor) })
+        Attach::Ready(Subscription::Live { reset, events: ViewerStream::attached(guard, backlog, live, cursor) })
     }
 
-    /// Parks a viewer that has every event up to `cursor`, the latest one; `false` when there
-    /// are newer events or the call has ended. `listed`: the driver already knows the viewer.
-    pub(super) fn park(&self, parking: &Arc<Parking>, cursor: u64, listed: &mut bool) -> bool {
-        let mut state = self.lock();
-        if state.end.is_some() || state.log.back().map(|e| e.id) != Some(cursor) {
-            return false;
-        }
-        // Under the log's lock: the driver writes every event logged after this to the viewer.
-        parking.park(cursor);
-        if !std::mem::replace(listed, true) {
-            state.incoming.push(Arc::clone(parking));
-        }
-        true
-    }
-
-    /// A fresh receiver and the events after `cursor`, for a viewer the driver woke or one of
-    /// a `log` route that fell behind. One that fell out of the log gets only the latest event,
+    /// A fresh receiver and the events after `cursor`, for a viewer of a `log` route that fell
+    /// behind. One that fell out of the log gets only the latest event,
     /// and `true`: events were lost.
     pub(super) fn resume(&self, cursor: u64) -> (Option<Receiver>, Vec<Arc<StreamEvent>>, bool) {
         let state = self.lock();

@@ -126,9 +126,7 @@ fn call() -> Call {
 async fn lagging_viewer(retention: Retention, replay: usize) -> Vec<String> {
     let (hub, feed) = hub(retention, replay);
     feed.send(event(1)).unwrap();
-    let Subscription::Live { events, .. } = hub.subscribe(call(), None, None).await.unwrap() else {
-        panic!("a live call")
-    };
+    let Subscription::Live { events, .. } = hub.subscribe(call(), None).await.unwrap() else { panic!("a live call") };
     let mut events: ViewerStream = events;
     assert!(matches!(events.next().await, Some(Delivery::Event(e)) if e.id == 1));
     (2..=10).for_each(|id| feed.send(event(id)).unwrap());
@@ -173,11 +171,11 @@ fn live(subscription: Result<Subscription, UpstreamError>) -> ViewerStream {
 async fn a_call_lingers_after_its_last_viewer_then_is_cancelled() {
     let (hub, fake, feeds) = scripted(Retention::State, 8, settings(), vec![Ok(()), Ok(())]);
     feeds[0].send(event(1)).unwrap();
-    drop(live(hub.subscribe(call(), None, None).await));
+    drop(live(hub.subscribe(call(), None).await));
     // Within the linger (10 s) a returning viewer shares the same call.
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert!(!feeds[0].is_closed(), "still open within the linger");
-    let again = live(hub.subscribe(call(), None, None).await);
+    let again = live(hub.subscribe(call(), None).await);
     assert_eq!(fake.opened.load(Ordering::SeqCst), 1, "the lingering call was reused");
     drop(again);
     tokio::time::sleep(Duration::from_millis(9_990)).await;
@@ -192,14 +190,14 @@ async fn a_finished_call_answers_late_reconnects_for_keep_finished_then_leaves()
     for id in 1..=10 {
         feeds[0].send(event(id)).unwrap();
     }
-    let all: Vec<_> = live(hub.subscribe(call(), Some(0), None).await).collect().await;
+    let all: Vec<_> = live(hub.subscribe(call(), Some(0)).await).collect().await;
     assert_eq!(all.len(), 10);
     tokio::time::sleep(Duration::from_secs(59)).await;
-    assert!(matches!(hub.subscribe(call(), Some(10), None).await, Ok(Subscription::Finished { last: 10 })));
+    assert!(matches!(hub.subscribe(call(), Some(10)).await, Ok(Subscription::Finished { last: 10 })));
     assert_eq!(fake.opened.load(Ordering::SeqCst), 1, "answered from the kept log");
     tokio::time::sleep(Duration::from_secs(2)).await;
     feeds[1].send(event(1)).unwrap();
-    let _fresh = live(hub.subscribe(call(), None, None).await);
+    let _fresh = live(hub.subscribe(call(), None).await);
     assert_eq!(fake.opened.load(Ordering::SeqCst), 2, "after keep-finished a reconnect calls again");
 }
 
@@ -208,7 +206,7 @@ async fn a_subscription_waits_the_first_event_wait_then_reports_the_failure_bein
     let error = || Err(UpstreamError::new(Code::Unavailable, "down"));
     let (hub, fake, _) = scripted(Retention::State, 8, settings(), (0..100).map(|_| error()).collect());
     let started = Instant::now();
-    let answer = hub.subscribe(call(), None, None).await;
+    let answer = hub.subscribe(call(), None).await;
     assert_eq!(started.elapsed(), Duration::from_secs(2), "the first-event wait, no longer");
     assert!(matches!(answer, Err(UpstreamError { code: Code::Unavailable, .. })));
     assert!(fake.opened.load(Ordering::SeqCst) >= 3, "retried with backoff meanwhile");
@@ -223,7 +221,7 @@ async fn transient_failures_are_retried_with_backoff_until_the_retry_budget_then
     settings.retry_budget = Duration::from_secs(10);
     let (hub, fake, feeds) = scripted(Retention::State, 8, settings, calls);
     feeds[0].send(event(1)).unwrap();
-    let mut viewer = live(hub.subscribe(call(), None, None).await);
+    let mut viewer = live(hub.subscribe(call(), None).await);
     assert!(matches!(viewer.next().await, Some(Delivery::Event(e)) if e.id == 1));
     let broke = Instant::now();
     drop(feeds);

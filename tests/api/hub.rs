@@ -167,14 +167,12 @@ async fn raw_viewer(app: &TestApp, document: &str, slow: bool) -> String {
     dechunk(body)
 }
 
-/// Three hundred viewers are more than one task writes to: the hub writes each event to their
-/// connections itself, from several tasks at a paced rate, and hands slow ones back to their own
-/// tasks when a write goes out in part. Whoever wrote what, every stream must stay intact.
+/// Three hundred viewers of one busy job, every tenth of them slow to read: every stream must
+/// stay intact, in order, and end with the terminal event.
 #[tokio::test]
 async fn three_hundred_viewers_fast_and_slow_get_intact_ordered_streams() {
-    // A log and a lag allowance as long as the job: a fast viewer handed back to its own task
-    // (after a partial write, or a pass that fell behind on a busy machine) catches up without
-    // conflation, so any gap would be the direct writes' fault.
+    // A log and a lag allowance as long as the job: a fast viewer that falls behind on a busy
+    // machine catches up without conflation, so any gap would be a delivery fault.
     let app = TestApp::builder()
         .speed(1.0)
         .configure(|c| {

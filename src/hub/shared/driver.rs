@@ -15,7 +15,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use super::{End, Receiver, Shared, State, audience::Audience};
+use super::{End, Receiver, Shared, State};
 use crate::{
     event::StreamEvent,
     hub::HubSettings,
@@ -45,17 +45,9 @@ impl Shared {
     ) -> (Arc<Self>, Receiver) {
         let (live, first) = broadcast::channel(settings.viewer_lag.max(1));
         let shared = Arc::new(Self {
-            state: Mutex::new(State {
-                log: VecDeque::new(),
-                dropped: 0,
-                live: Some(live),
-                end: None,
-                retrying: None,
-                incoming: Vec::new(),
-            }),
+            state: Mutex::new(State { log: VecDeque::new(), dropped: 0, live: Some(live), end: None, retrying: None }),
             viewers: watch::channel(0).0,
             changed: watch::channel(()).0,
-            audience: Audience::default(),
             metrics: Arc::clone(&settings.metrics),
             viewer_gauge: settings.metrics.shared_viewers(resource.route()),
             log: settings.retention == Retention::Log,
@@ -158,8 +150,8 @@ impl Shared {
     /// served from the log exactly when nothing after it has left.
     fn publish(&self, batch: Vec<StreamEvent>, last: &mut u64, replay: usize) -> (bool, bool) {
         let mut terminal = false;
-        let mut fresh = Vec::with_capacity(batch.len());
-        let (first, incoming) = {
+        let mut fresh = false;
+        let first = {
             let mut state = self.lock();
             let first = state.log.is_empty();
             state.retrying = None;
@@ -170,7 +162,7 @@ impl Shared {
                 *last = event.id;
                 terminal = event.kind.is_terminal();
                 let event = Arc::new(event);
-                fresh.push(Arc::clone(&event));
+                fresh = true;
                 state.log.push_back(Arc::clone(&event));
                 while state.log.len() > replay.max(1) {
                     if let Some(gone) = state.log.pop_front() {
@@ -188,28 +180,22 @@ impl Shared {
                 state.end = Some(End::Terminal);
                 state.live = None;
             }
-            // Viewers parked before these events were logged: the driver writes them these.
-            (first, std::mem::take(&mut state.incoming))
+            first
         };
-        self.audience.publish(&fresh, incoming, &self.metrics);
         // Subscribers wait only for the first events or the end; waking them for every event
         // would cost a notification per event.
         if first || terminal {
             self.changed.send_replace(());
         }
-        (!fresh.is_empty(), terminal)
+        (fresh, terminal)
     }
 
     fn finish(&self, end: End) {
-        let incoming = {
+        {
             let mut state = self.lock();
             state.end = Some(end);
+            // Closing the broadcast tells every viewer the call is over.
             state.live = None;
-            std::mem::take(&mut state.incoming)
-        };
-        // Parked viewers take their connections back to end their streams.
-        for viewer in self.audience.take_all().iter().chain(&incoming) {
-            viewer.hand_back();
         }
         self.changed.send_replace(());
     }
