@@ -356,3 +356,32 @@ fn read_available(stream: &TcpStream, read: &mut Vec<u8>) -> io::Result<Option<u
         Err(error) => Err(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A connection's task lives as long as its stream: its future's size is paid by every open
+    /// stream, so an undone optimisation (a buffer or timer kept inline) fails here.
+    #[tokio::test]
+    async fn a_connection_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let service = tower::util::BoxCloneSyncService::new(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(axum::response::Response::new(Body::empty()))
+        }));
+        let settings =
+            ServerSettings { stall_timeout: Duration::from_secs(30), max_header_bytes: 32 * 1024, tls: None };
+        let server = Arc::new(Server { service, settings, shutdown: CancellationToken::new() });
+        let connection = server.connection(stream);
+        let size = std::mem::size_of_val(&connection);
+        assert!(size <= CONNECTION_BUDGET, "the connection future is {size} bytes");
+    }
+
+    /// 1,584 bytes when this was written; hyper's connection state, inline, would be several
+    /// kilobytes more.
+    const CONNECTION_BUDGET: usize = 2048;
+}
