@@ -1,7 +1,7 @@
 //! The hub: one upstream call per shared resource, fanned out to every viewer, with a bounded
 //! replay log.
 //!
-//! Viewers of the same [`ShareKey`] share one [`shared::Shared`], whose driver task owns the
+//! Viewers of the same [`ShareKey`] share one [`shared::SharedCall`], whose driver task owns the
 //! upstream call: it resumes after transient failures, lingers when the last viewer leaves, and
 //! keeps a finished resource's log for late reconnects. Each viewer reads the log and a
 //! broadcast of live events; one that falls behind skips to the latest update (progress is
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use viewer::{Delivery, ViewerStream};
 
-use self::shared::Shared;
+use self::shared::SharedCall;
 use crate::{
     metrics::Metrics,
     routes::Retention,
@@ -111,7 +111,7 @@ pub struct Hub {
 struct Inner {
     resource: SharedResource,
     settings: HubSettings,
-    entries: Mutex<HashMap<ShareKey, Arc<Shared>>>,
+    entries: Mutex<HashMap<ShareKey, Arc<SharedCall>>>,
     shutdown: CancellationToken,
 }
 
@@ -174,14 +174,17 @@ impl Hub {
     }
 
     /// The shared call for `key`, started on first use.
-    fn shared(&self, key: &ShareKey, call: &Call) -> Arc<Shared> {
+    fn shared(&self, key: &ShareKey, call: &Call) -> Arc<SharedCall> {
         let mut entries = self.lock();
         if let Some(shared) = entries.get(key) {
             return Arc::clone(shared);
         }
-        let (shared, _) = Shared::start(
+        // A shared call starts from the upstream's first event, so that its log can answer any
+        // resume point into it.
+        let (shared, _) = SharedCall::start(
             Arc::clone(&self.inner.resource),
             call.clone(),
+            0,
             self.inner.settings.clone(),
             self.inner.shutdown.child_token(),
             self.remover(key.clone()),
@@ -190,16 +193,25 @@ impl Hub {
         shared
     }
 
-    /// What the driver calls when its shared call is over, to leave the map.
-    fn remover(&self, key: ShareKey) -> impl FnOnce(&Arc<Shared>) + Send + 'static {
+    /// How the driver leaves the map: under the map's lock, it asks `decide` whether the call
+    /// is over (for a lingering call: no viewer attached meanwhile, and it marks itself
+    /// cancelled), and only then removes it. A subscriber therefore either finds the call in
+    /// the map and attaches before it ends, or does not find it and starts a new one.
+    fn remover(
+        &self,
+        key: ShareKey,
+    ) -> impl Fn(&Arc<SharedCall>, &mut dyn FnMut() -> bool) -> bool + Send + Sync + 'static {
         let inner = Arc::downgrade(&self.inner);
-        move |shared| {
-            if let Some(inner) = inner.upgrade() {
-                let mut entries = inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
-                if entries.get(&key).is_some_and(|current| Arc::ptr_eq(current, shared)) {
-                    entries.remove(&key);
-                }
+        move |shared, decide| {
+            let Some(inner) = inner.upgrade() else { return decide() };
+            let mut entries = inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            if !decide() {
+                return false;
             }
+            if entries.get(&key).is_some_and(|current| Arc::ptr_eq(current, shared)) {
+                entries.remove(&key);
+            }
+            true
         }
     }
 
@@ -208,14 +220,14 @@ impl Hub {
     /// the shared call at its latest update.
     async fn private(&self, call: Call, after: u64) -> Result<Subscription, UpstreamError> {
         let inner = &self.inner;
-        let own = Call { resume_after: after, ..call.clone() };
         // Not in the map: nobody else attaches, and it ends when its viewer leaves.
-        let (private, from_start) = Shared::start(
+        let (private, from_start) = SharedCall::start(
             Arc::clone(&inner.resource),
-            own,
+            call.clone(),
+            after,
             inner.settings.clone(),
             inner.shutdown.child_token(),
-            |_| {},
+            |_: &Arc<SharedCall>, decide: &mut dyn FnMut() -> bool| decide(),
         );
         match private.attach(Some(after), &inner.settings, Some(from_start)).await {
             shared::Attach::Ready(subscription) => Ok(subscription),
@@ -227,7 +239,7 @@ impl Hub {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShareKey, Arc<Shared>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShareKey, Arc<SharedCall>>> {
         self.inner.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

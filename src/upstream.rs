@@ -50,9 +50,10 @@ pub trait Resource: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
-    /// Opens the upstream call. Resolves when the upstream has answered with headers (or an
+    /// Opens the upstream call, asking for the events after `resume_after` (0: from the first)
+    /// where the route can. Resolves when the upstream has answered with headers (or an
     /// error); the returned stream yields the mapped events.
-    fn open(self: Arc<Self>, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>>;
+    fn open(self: Arc<Self>, call: Call, resume_after: u64) -> BoxFuture<'static, Result<EventStream, UpstreamError>>;
 }
 
 /// A path parameter that its route's rule refuses (HTTP 400).
@@ -76,7 +77,7 @@ pub struct Call {
     /// Shared, so that the call, its sharing key and its driver hold one copy.
     pub params: Arc<[(String, String)]>,
     /// Only events with a sequence above this are wanted; 0 means from the first.
-    pub resume_after: u64,
+
     /// Identity and tracing metadata passed on to the upstream.
     pub identity: Identity,
 }

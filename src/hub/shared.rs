@@ -23,7 +23,7 @@ pub(super) type Receiver = broadcast::Receiver<Arc<StreamEvent>>;
 
 /// A shared upstream call.
 #[derive(Debug)]
-pub(super) struct Shared {
+pub(super) struct SharedCall {
     state: Mutex<State>,
     /// Viewer count: the driver lingers when it drops to zero.
     viewers: watch::Sender<usize>,
@@ -75,11 +75,11 @@ pub(super) enum Attach {
 /// Counts a viewer until dropped.
 #[derive(Debug)]
 pub(super) struct ViewerGuard {
-    shared: Arc<Shared>,
+    shared: Arc<SharedCall>,
 }
 
 impl ViewerGuard {
-    pub(super) fn shared(&self) -> &Arc<Shared> {
+    pub(super) fn shared(&self) -> &Arc<SharedCall> {
         &self.shared
     }
 }
@@ -91,9 +91,9 @@ impl Drop for ViewerGuard {
     }
 }
 
-impl Shared {
+impl SharedCall {
     /// Attaches a viewer, waiting (up to the first-event wait) for the call's first events.
-    /// A viewer that holds the receiver from [`Shared::start`] (the only viewer of a private
+    /// A viewer that holds the receiver from [`SharedCall::start`] (the only viewer of a private
     /// call) reads everything from it instead of from the log.
     pub(super) async fn attach(
         self: &Arc<Self>,
@@ -116,8 +116,8 @@ impl Shared {
                 }
             };
             if cancelled {
-                // Let the driver finish leaving the hub before the caller looks again.
-                tokio::task::yield_now().await;
+                // The driver took the call out of the hub before it showed it was cancelled:
+                // the caller's next look finds no call, and starts one.
                 return Attach::Gone;
             }
             tokio::select! {

@@ -61,7 +61,7 @@ impl Resource for Fake {
         Ok(())
     }
 
-    fn open(self: Arc<Self>, _: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
+    fn open(self: Arc<Self>, _: Call, _: u64) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
         self.opened.fetch_add(1, Ordering::SeqCst);
         let next = self.calls.lock().unwrap().pop_front();
         let call = next.unwrap_or_else(|| Err(UpstreamError::new(Code::Unavailable, "no call scripted")));
@@ -118,7 +118,7 @@ fn event(id: u64) -> Result<StreamEvent, UpstreamError> {
 }
 
 fn call() -> Call {
-    Call { params: [("id".into(), "1".into())].into(), resume_after: 0, identity: Identity::default() }
+    Call { params: [("id".into(), "1".into())].into(), identity: Identity::default() }
 }
 
 /// Subscribes after event 1, then sends 2 to 10 at once while the viewer is not reading: far

@@ -96,9 +96,9 @@ impl Resource for Deferred {
         }
     }
 
-    fn open(self: Arc<Self>, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
+    fn open(self: Arc<Self>, call: Call, resume_after: u64) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
         match self.ready.get() {
-            Some(ready) => Arc::clone(ready).open(call),
+            Some(ready) => Arc::clone(ready).open(call, resume_after),
             None => Box::pin(std::future::ready(Err(self.unavailable()))),
         }
     }

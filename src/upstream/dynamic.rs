@@ -223,16 +223,16 @@ impl Resource for RouteResource {
         Ok(())
     }
 
-    fn open(self: Arc<Self>, call: Call) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
+    fn open(self: Arc<Self>, call: Call, resume_after: u64) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
         Box::pin(async move {
             self.refresh().await;
             let mapping = self.mapping();
             let params: Vec<(&str, &str)> = call.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             // Only the resume point travels with the stream, not the call.
-            let mut last = call.resume_after;
+            let mut last = resume_after;
             let message = mapping
                 .route
-                .build_request(&params, call.resume_after)
+                .build_request(&params, resume_after)
                 .map_err(|e| UpstreamError::new(Code::InvalidArgument, e.to_string()))?;
             let lease = self.pool.lease();
             // The limit bounds the memory one upstream message may take; `Limited` refuses a

@@ -29,7 +29,7 @@ async fn a_reconnect_within_the_linger_reuses_the_upstream_call() {
     let mut first = SseReader::new(app.open_progress("slow").await);
     assert!(first.next_event().await.is_some());
     drop(first);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // At once: the linger's timing itself is a component test (src/hub/tests.rs, paused clock).
     let mut second = SseReader::new(app.open_progress("slow").await);
     assert!(second.next_event().await.is_some());
     assert_eq!((app.sim.calls(), app.sim.cancelled()), (1, 0), "one upstream call, never cancelled");

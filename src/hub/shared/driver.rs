@@ -15,7 +15,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use super::{End, Receiver, Shared, State};
+use super::{End, Receiver, SharedCall, State};
 use crate::{
     event::StreamEvent,
     hub::HubSettings,
@@ -33,15 +33,18 @@ struct Broken {
 /// The first and the longest pause between two attempts of a failing upstream call.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
-impl Shared {
-    /// Starts the driver of a new shared call. `remove` takes it out of the hub when it is over.
-    /// The receiver returned has every event from the first one on.
+impl SharedCall {
+    /// Starts the driver of a new shared call, asking the upstream for the events after
+    /// `resume_after`. `leave` takes it out of the hub when it is over (see `Hub::remover`):
+    /// a lingering call decides to end under the map's lock, so that no subscriber attaches to
+    /// a call that is ending. The receiver returned has every event from the first one on.
     pub(in crate::hub) fn start(
         resource: SharedResource,
         call: Call,
+        resume_after: u64,
         settings: HubSettings,
         cancel: CancellationToken,
-        remove: impl FnOnce(&Arc<Shared>) + Send + 'static,
+        leave: impl Fn(&Arc<SharedCall>, &mut dyn FnMut() -> bool) -> bool + Send + Sync + 'static,
     ) -> (Arc<Self>, Receiver) {
         let (live, first) = broadcast::channel(settings.viewer_lag.max(1));
         let shared = Arc::new(Self {
@@ -55,8 +58,9 @@ impl Shared {
         let driver = Arc::clone(&shared);
         tokio::spawn(async move {
             let end = tokio::select! {
-                end = driver.run(&resource, call, &settings) => end,
-                () = driver.idle(settings.linger) => End::Cancelled,
+                end = driver.run(&resource, call, resume_after, &settings) => end,
+                // Lingered out: the call already marked itself cancelled and left the hub.
+                () = driver.idle(settings.linger, &leave) => return driver.changed.send_replace(()),
                 () = cancel.cancelled() => End::Cancelled,
             };
             let keep = matches!(end, End::Terminal);
@@ -68,19 +72,18 @@ impl Shared {
                     () = cancel.cancelled() => {}
                 }
             }
-            remove(&driver);
+            leave(&driver, &mut || true);
         });
         (shared, first)
     }
 
     /// Calls the upstream until the terminal event, resuming after transient failures within
     /// the retry budget.
-    async fn run(&self, resource: &SharedResource, mut call: Call, settings: &HubSettings) -> End {
-        let mut last = call.resume_after;
+    async fn run(&self, resource: &SharedResource, call: Call, resume_after: u64, settings: &HubSettings) -> End {
+        let mut last = resume_after;
         let mut failing_since: Option<Instant> = None;
         let mut backoff = BACKOFF.0;
         loop {
-            call.resume_after = last;
             // Dropped with this future when the call is cancelled: it then counts as `cancelled`.
             let counted = self.metrics.upstream_started(resource.route());
             let attempt = self.attempt(resource, &call, &mut last, settings).await;
@@ -117,7 +120,9 @@ impl Shared {
         settings: &HubSettings,
     ) -> Result<(), Broken> {
         let mut received = false;
-        let mut events = Arc::clone(resource).open(call.clone()).await.map_err(|error| Broken { error, received })?;
+        // Each attempt resumes after the last event published.
+        let opened = Arc::clone(resource).open(call.clone(), *last).await;
+        let mut events = opened.map_err(|error| Broken { error, received })?;
         loop {
             let next = tokio::time::timeout(settings.idle_timeout, next_batch(&mut events)).await;
             let (batch, failure) = next.unwrap_or_else(|_| {
@@ -200,8 +205,14 @@ impl Shared {
         self.changed.send_replace(());
     }
 
-    /// Resolves once no viewer has been attached for `linger` since the last one left.
-    async fn idle(&self, linger: Duration) {
+    /// Resolves once no viewer has been attached for `linger` since the last one left, having
+    /// marked the call cancelled and left the hub in one step under the hub's lock (`leave`);
+    /// a viewer that attached at the last moment keeps it running.
+    async fn idle(
+        self: &Arc<Self>,
+        linger: Duration,
+        leave: &impl Fn(&Arc<SharedCall>, &mut dyn FnMut() -> bool) -> bool,
+    ) {
         let mut viewers = self.viewers.subscribe();
         loop {
             if viewers.wait_for(|n| *n == 0).await.is_err() {
@@ -210,9 +221,22 @@ impl Shared {
             // Any change restarts the linger, even a viewer that came and left again before
             // this task looked: the linger runs from the last viewer leaving.
             match tokio::time::timeout(linger, viewers.changed()).await {
-                Err(_) => return,
+                Err(_) => {}
                 Ok(Err(_)) => return std::future::pending().await,
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => continue,
+            }
+            // Viewers attach under the call's state lock: checked under it, none is missed.
+            let mut cancel_if_idle = || {
+                let mut state = self.lock();
+                if *self.viewers.borrow() != 0 {
+                    return false;
+                }
+                state.end = Some(End::Cancelled);
+                state.live = None;
+                true
+            };
+            if leave(self, &mut cancel_if_idle) {
+                return;
             }
         }
     }
