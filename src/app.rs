@@ -146,7 +146,7 @@ impl App {
             stream: config.stream.settings(),
             shutdown: shutdown.clone(),
             health: health.into(),
-            routes: hubs.iter().cloned().collect(),
+            routes: hubs.into(),
             auth,
             limits: StreamLimits::from_config(&config.limits),
             metrics,
@@ -164,13 +164,7 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
-        Ok(Self {
-            listener,
-            service: http::service(state, &edge, &hubs),
-            shutdown,
-            grace: config.shutdown_grace,
-            server,
-        })
+        Ok(Self { listener, service: http::service(state, &edge), shutdown, grace: config.shutdown_grace, server })
     }
 
     /// The bound address (useful with port 0).

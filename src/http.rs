@@ -1,5 +1,6 @@
 //! The HTTP side: routes, shared state and the tower layer stack.
 
+mod caller;
 mod error;
 mod events;
 mod health;
@@ -7,6 +8,7 @@ mod limits;
 mod pages;
 mod representation;
 mod resource;
+mod resume;
 mod server;
 mod stream;
 
@@ -60,6 +62,17 @@ pub struct AppState {
     pub demo_cookie: Option<HeaderValue>,
 }
 
+impl AppState {
+    /// A permit for one more stream of the caller's: refused while the service shuts down, and
+    /// past the limits on open streams.
+    fn permit(&self, caller: &caller::Caller) -> Result<limits::StreamPermit, ApiError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ApiError::ShuttingDown);
+        }
+        self.limits.acquire(caller.user())
+    }
+}
+
 /// One upstream's grpc.health.v1 check, for `/readyz`.
 #[derive(Debug, Clone)]
 pub struct HealthCheck {
@@ -87,23 +100,17 @@ pub type HttpService = BoxCloneSyncService<Request<Body>, Response, Infallible>;
 ///
 /// The layers wrap the router as a whole, once. (`Router::layer` would wrap every route, and
 /// axum clones a route's whole boxed stack for every request: about 8 KB more per open stream.)
-pub fn service(state: AppState, edge: &EdgeSettings, hubs: &[Hub]) -> HttpService {
+pub fn service(state: AppState, edge: &EdgeSettings) -> HttpService {
     let mut routes = Router::new();
-    // One route per streamed resource, all served by the same handler through their own hub.
-    for hub in hubs {
-        let hub = hub.clone();
-        routes = routes.route(
-            hub.route(),
-            get(move |state, path, headers, uri, upgrade| resource::stream(hub, state, path, headers, uri, upgrade)),
-        );
+    // One route per streamed resource (`AppState::routes`), all served by the same handler,
+    // each with its own hub.
+    for hub in state.routes.iter() {
+        let route = resource::ResourceRoute { app: state.clone(), hub: hub.clone() };
+        routes = routes.route(hub.route(), get(resource::stream).with_state(route));
     }
-    let shaped: Arc<[Hub]> = hubs.iter().cloned().collect();
     // One stream for many resources, over the same hubs.
-    let all = Arc::clone(&shaped);
-    routes = routes.route(
-        events::ROUTE,
-        get(move |state, headers, uri, upgrade| events::stream(Arc::clone(&all), state, headers, uri, upgrade)),
-    );
+    routes = routes.route(events::ROUTE, get(events::stream));
+    let shaped = Arc::clone(&state.routes);
     let routes = routes
         .route("/", get(pages::index))
         .route("/client.js", get(pages::client))
@@ -117,12 +124,19 @@ pub fn service(state: AppState, edge: &EdgeSettings, hubs: &[Hub]) -> HttpServic
     // stream buffers it.
     let stack = ServiceBuilder::new()
         .map_response(|response: Response<_>| response.map(Body::new))
-        // One span per request, carrying only method and path: the query string may hold a
-        // token and is never logged.
+        // One span per request, carrying only method and path (and, once a stream's caller is
+        // let in, its user and request id): the query string may hold a token and is never
+        // logged.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<_>| {
-                    tracing::info_span!("http", method = %request.method(), path = request.uri().path())
+                    tracing::info_span!(
+                        "http",
+                        method = %request.method(),
+                        path = request.uri().path(),
+                        user = tracing::field::Empty,
+                        request_id = tracing::field::Empty,
+                    )
                 })
                 .on_request(())
                 .on_response(|response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {

@@ -2,96 +2,60 @@
 //! §10), so that a browser page watches more than six of them over one HTTP/1.1 connection.
 //!
 //! Each topic is the path of a resource that has a route, checked exactly as its own route would
-//! check it, and subscribed through that route's hub: a topic shares its upstream call with
-//! every other viewer of the resource, whichever endpoint they use. Every event keeps its
-//! route's name; its data is `{"topic":"<path>","data":<the route's data>}`; its SSE id is the
-//! cursor of every topic's position (`cursor.rs`). A topic's terminal event ends that topic, a
-//! topic that fails gets its own `event: error` and ends, and the response ends when every
+//! check it (`topics.rs`), and subscribed through that route's hub: a topic shares its upstream
+//! call with every other viewer of the resource, whichever endpoint they use. Every event keeps
+//! its route's name; its data is `{"topic":"<path>","data":<the route's data>}`; its SSE id is
+//! the cursor of every topic's position (`cursor.rs`). A topic's terminal event ends that topic,
+//! a topic that fails gets its own `event: error` and ends, and the response ends when every
 //! topic has; a reconnect then gets 204.
 
 mod cursor;
+mod topics;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::sync::Arc;
 
 use axum::{
-    extract::{
-        State,
-        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
-    },
-    http::{HeaderMap, HeaderValue, StatusCode, Uri},
+    extract::State,
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use futures_util::{StreamExt as _, future::join_all, stream::select_all};
 
 pub use cursor::CursorError;
 
-use self::cursor::Position;
+use self::{
+    cursor::Position,
+    topics::{Topic, Topics},
+};
 use super::{
     ApiError, AppState,
-    representation::{self, LastId, Representation, reset_data},
-    resource::{POLL_WAIT, Poll, admit, identity, query_number, respond, transport},
+    caller::Caller,
+    representation::{LastId, Negotiated, Poll, long_poll_finished, reset_data},
     stream::Viewer,
 };
 use crate::{
     event::{EventKind, StreamEvent},
-    hub::{Delivery, Hub, Subscription, ViewerStream},
+    hub::{Delivery, Subscription, ViewerStream},
     upstream::{Call, UpstreamError},
 };
 
 /// The route label of multiplexed streams in metrics and logs.
 pub const ROUTE: &str = "/events";
 
-/// The longest topic accepted, in bytes.
-const MAX_TOPIC: usize = 1024;
-
-/// One topic of the request: its path, its route's hub and its parameters.
-struct Topic {
-    path: String,
-    hub: Hub,
-    params: Arc<[(String, String)]>,
-}
-
-/// Streams every topic's events in the representation the client asked for.
-#[tracing::instrument(skip_all, fields(route = ROUTE, topics, request_id, user))]
+/// Streams every topic's events in the representation the client asked for. The extractors run
+/// in the order of their answers: 403 or 401, a bad topic, 406, a bad cursor, a bad `wait`.
+#[tracing::instrument(skip_all, fields(route = ROUTE, topics = watched.topics.len()))]
 pub async fn stream(
-    hubs: Arc<[Hub]>,
     State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    caller: Caller,
+    watched: Topics,
+    negotiated: Negotiated,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let principal = admit(&state, &headers, &uri, upgrade.is_ok())?;
-    let query = uri.query().unwrap_or("");
-    let topics = topics(query, &hubs, state.stream.max_topics)?;
-    tracing::Span::current().record("topics", topics.len());
-    let upgrade = upgrade.ok();
-    let representation = match upgrade {
-        Some(_) => None,
-        None => Some(Representation::negotiate(&headers)?),
-    };
-    let long_poll = representation == Some(Representation::LongPoll);
-    let positions = match cursor_text(&headers, query, long_poll)? {
-        Some(text) => cursor::parse(&text, topics.len()).map_err(ApiError::InvalidCursor)?,
-        None => vec![None; topics.len()],
-    };
-    let wait = match long_poll {
-        true => query_number(query, "wait").map_err(|()| ApiError::InvalidWait)?,
-        false => None,
-    };
-    let wait = Duration::from_secs(wait.unwrap_or(POLL_WAIT.0).min(POLL_WAIT.1));
-    if state.shutdown.is_cancelled() {
-        return Err(ApiError::ShuttingDown);
-    }
-    let permit = state.limits.acquire(principal.as_ref().map(|p| p.user_id.as_str()))?;
-    let identity = identity(&headers, principal.as_ref());
-    tracing::Span::current().record("request_id", identity.request_id.as_str());
-    let request_id = HeaderValue::from_str(&identity.request_id).ok();
+    let permit = state.permit(&caller)?;
+    let Topics { topics, positions } = watched;
+    let identity = caller.identity();
     let subscriptions = join_all(topics.iter().zip(&positions).map(|(topic, position)| {
-        let call = Call { params: Arc::clone(&topic.params), resume_after: 0, identity: identity.clone() };
+        let call = Call { params: Arc::clone(&topic.params), identity: identity.clone() };
         topic.hub.subscribe(call, *position)
     }))
     .await;
@@ -99,8 +63,8 @@ pub async fn stream(
     if opened.live.is_empty() && opened.failed.is_empty() {
         // Every topic had ended at the client's positions.
         let cursor = cursor::format(&opened.positions);
-        return Ok(match long_poll {
-            true => representation::long_poll_finished(LastId::Cursor(cursor)),
+        return Ok(match negotiated.long_poll() {
+            true => long_poll_finished(LastId::Cursor(cursor)),
             false => StatusCode::NO_CONTENT.into_response(),
         });
     }
@@ -108,93 +72,11 @@ pub async fn stream(
         // Nothing to stream: the first failure is the answer, as it would be for one resource.
         return Err(ApiError::Upstream(error.clone()));
     }
-    let transport = transport(upgrade.is_some(), representation);
-    let poll = Poll { after: LastId::Cursor(cursor::format(&opened.positions)), latest: false, wait };
+    let poll = Poll { after: LastId::Cursor(cursor::format(&opened.positions)), latest: false };
     let events = ViewerStream::from_stream(opened.merge(topics));
-    let metrics = state.metrics.stream_opened(ROUTE, transport);
-    let viewer = Viewer { permit, expires_at: principal.map(|p| p.expires_at), metrics, started };
-    let mut response = respond(&state, events, false, upgrade, transport, poll, viewer).await;
-    if let Some(request_id) = request_id {
-        response.headers_mut().insert("x-request-id", request_id);
-    }
-    Ok(response)
-}
-
-/// The `topic` parameters: 1 to `max` distinct paths, each of a resource that has a route and
-/// whose parameters pass its rules. Anything else is a 400, before any upstream call.
-fn topics(query: &str, hubs: &[Hub], max: usize) -> Result<Vec<Topic>, ApiError> {
-    let mut topics: Vec<Topic> = Vec::new();
-    for (key, path) in form_urlencoded::parse(query.as_bytes()) {
-        if key != "topic" {
-            continue;
-        }
-        if topics.len() == max {
-            return Err(ApiError::InvalidTopic(format!("at most {max} topics (--max-topics)")));
-        }
-        if topics.iter().any(|t| t.path == path) {
-            return Err(ApiError::InvalidTopic(format!("topic {path:?} is given twice")));
-        }
-        let topic = route(&path, hubs)
-            .ok_or_else(|| ApiError::InvalidTopic(format!("topic {:?} is not the path of a resource", cut(&path))))?;
-        topic.hub.resource().check(&topic.params).map_err(ApiError::InvalidParameter)?;
-        topics.push(topic);
-    }
-    if topics.is_empty() {
-        return Err(ApiError::InvalidTopic("at least one topic=<resource path> is required".into()));
-    }
-    Ok(topics)
-}
-
-/// The route of `path` and its parameters (percent-decoded); `None` when no route matches.
-fn route(path: &str, hubs: &[Hub]) -> Option<Topic> {
-    if path.len() > MAX_TOPIC || !path.starts_with('/') {
-        return None;
-    }
-    hubs.iter().find_map(|hub| {
-        let template = hub.route();
-        let (mut names, mut segments) = (template.split('/'), path.split('/'));
-        let mut params = Vec::new();
-        loop {
-            match (names.next(), segments.next()) {
-                (None, None) => break,
-                (Some(name), Some(segment)) => match name.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
-                    Some(param) => {
-                        let value = percent_encoding::percent_decode_str(segment).decode_utf8().ok()?;
-                        params.push((param.to_owned(), value.into_owned()));
-                    }
-                    None if name == segment => {}
-                    None => return None,
-                },
-                _ => return None,
-            }
-        }
-        Some(Topic { path: path.to_owned(), hub: hub.clone(), params: params.into() })
-    })
-}
-
-/// At most 64 characters of a topic, for error messages.
-fn cut(path: &str) -> String {
-    path.chars().take(64).collect()
-}
-
-/// The cursor: for a long-poll `?after=`, else the `Last-Event-ID` header, else
-/// `?lastEventId=`; empty means none.
-fn cursor_text(headers: &HeaderMap, query: &str, long_poll: bool) -> Result<Option<String>, ApiError> {
-    let key = if long_poll { "after" } else { "lastEventId" };
-    let mut header = headers.get_all("last-event-id").iter();
-    let text = match (long_poll, header.next(), header.next()) {
-        (false, Some(_), Some(_)) => return Err(ApiError::InvalidLastEventId),
-        (false, Some(value), None) => Some(value.to_str().map_err(|_| ApiError::InvalidLastEventId)?.to_owned()),
-        _ => {
-            let mut values = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == key);
-            match (values.next(), values.next()) {
-                (Some(_), Some(_)) => return Err(ApiError::InvalidLastEventId),
-                (Some((_, value)), None) => Some(value.into_owned()),
-                (None, _) => None,
-            }
-        }
-    };
-    Ok(text.filter(|t| !t.is_empty()))
+    let metrics = state.metrics.stream_opened(ROUTE, negotiated.transport());
+    let viewer = Viewer { permit, expires_at: caller.expires_at(), metrics, started: caller.arrived };
+    Ok(caller.tag(negotiated.respond(&state, events, false, poll, viewer).await))
 }
 
 /// The topics' subscriptions, sorted.

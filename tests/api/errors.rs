@@ -138,3 +138,34 @@ async fn unknown_paths_are_404_problems() {
     let body = problem(app.get("/nothing/here", &HeaderMap::new()).await, 404).await;
     assert_eq!(body["code"], "no_route");
 }
+
+#[tokio::test]
+async fn a_request_with_several_faults_is_refused_for_the_first_in_a_fixed_order() {
+    let app = TestApp::spawn().await;
+    let with = |pairs: &[(&'static str, &str)]| {
+        let mut headers = bearer(&app.token);
+        for (name, value) in pairs {
+            headers.insert(*name, value.parse().unwrap());
+        }
+        headers
+    };
+    let doc = "/documents/doc-1/progress";
+    let events = "/events?topic=/documents/doc-1/progress";
+    // Each case's faults, the first of which is the answer: origin or token, then the path (a
+    // parameter, a topic), then `Accept`, then the resume point, then `wait`.
+    let cases: [(String, HeaderMap, u16, &str); 8] = [
+        ("/documents/a%20b/progress".to_owned(), HeaderMap::new(), 401, "unauthorized"),
+        ("/documents/a%20b/progress".to_owned(), with(&[("accept", "application/xml")]), 400, "invalid_document_id"),
+        (doc.to_owned(), with(&[("accept", "application/xml"), ("last-event-id", "x")]), 406, "not_acceptable"),
+        (format!("{doc}?after=x&wait=x"), with(&[("accept", "application/json")]), 400, "invalid_last_event_id"),
+        (format!("{doc}?wait=x"), with(&[("accept", "application/json")]), 400, "invalid_wait"),
+        ("/events?topic=/nothing".to_owned(), with(&[("accept", "application/xml")]), 400, "invalid_topic"),
+        (events.to_owned(), with(&[("accept", "application/xml"), ("last-event-id", "x.y")]), 406, "not_acceptable"),
+        (format!("{events}&after=x.y&wait=x"), with(&[("accept", "application/json")]), 400, "invalid_last_event_id"),
+    ];
+    for (path, headers, status, code) in &cases {
+        let body = problem(app.get(path, headers).await, *status).await;
+        assert_eq!(body["code"], *code, "{path} {headers:?}");
+    }
+    assert_eq!(app.sim.calls(), 0, "no refused request reached the upstream");
+}
