@@ -3,6 +3,8 @@
 mod caller;
 mod error;
 mod events;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod health;
 mod limits;
 mod pages;

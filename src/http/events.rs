@@ -10,6 +10,12 @@
 //! topic has; a reconnect then gets 204.
 
 mod cursor;
+
+/// The cursor parser, for the fuzzers (`http/fuzzing.rs`).
+#[cfg(fuzzing)]
+pub(super) fn parse_cursor(text: &str, topics: usize) -> bool {
+    cursor::parse(text, topics).is_ok()
+}
 mod topics;
 
 use std::sync::Arc;

@@ -22,6 +22,12 @@ mod handover;
 mod tls;
 mod wire;
 
+/// The request-head parser, for the fuzzers (`http/fuzzing.rs`).
+#[cfg(fuzzing)]
+pub(super) fn fuzz_parse(bytes: &[u8]) -> bool {
+    matches!(wire::parse(bytes), wire::Parsed::Request { .. })
+}
+
 use std::{
     io::{self, IoSlice},
     pin::Pin,
