@@ -288,7 +288,7 @@ describe('demo server', () => {
     // Lets the bar's width transition settle.
     await page.waitForFunction(() => [...document.getAnimations()].every((a) => a.playState !== 'running'));
     const file = path.join(ARTIFACTS, 'demo.png');
-    await page.screenshot({ path: file });
+    await page.screenshot({ path: file, fullPage: true });
     await mkdir(path.join(ROOT, 'docs'), { recursive: true });
     await copyFile(file, path.join(ROOT, 'docs/demo.png'));
     await context.close();
