@@ -16,6 +16,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::{
     auth::{Authenticator, KeyError},
+    cluster::{Cluster, ClusterError, Clustered},
     http::HealthCheck,
     http::{self, AppState, EdgeSettings, ServerSettings, StreamLimits, TlsError},
     hub::Hub,
@@ -47,6 +48,9 @@ pub enum BuildError {
     /// The TLS certificate or key is unusable (the message names the file).
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// Cluster mode could not start.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -83,6 +87,20 @@ impl App {
             }
         };
         let metrics = Arc::new(Metrics::default());
+        let cluster = match &config.cluster.redis_url {
+            Some(url) => Some(Cluster::start(&config.cluster, url, Arc::clone(&metrics), shutdown.clone()).await?),
+            None => None,
+        };
+        // In cluster mode every route's resource is shared through Redis.
+        let shared = |resource: SharedResource| -> SharedResource {
+            match &cluster {
+                Some(cluster) => {
+                    let settings = config.hub.settings(Arc::clone(&metrics));
+                    Arc::new(Clustered::new(resource, Arc::clone(cluster), settings))
+                }
+                None => resource,
+            }
+        };
         let mut pools = HashMap::new();
         let mut health = Vec::new();
         for upstream in &table.upstreams {
@@ -112,7 +130,7 @@ impl App {
                 refresh,
             )?;
             let settings = config.hub.settings(Arc::clone(&metrics));
-            hubs.push(Hub::new(Arc::new(resource) as SharedResource, settings, shutdown.clone()));
+            hubs.push(Hub::new(shared(Arc::new(resource)), settings, shutdown.clone()));
         }
         // Routes of upstreams whose reflection did not answer: served with 503 until it does.
         for pending in pending {
@@ -124,7 +142,7 @@ impl App {
                 pending.file.routes.iter().map(|spec| Arc::new(Deferred::new(spec, pending.reason.clone()))).collect();
             for route in &routes {
                 let settings = config.hub.settings(Arc::clone(&metrics));
-                hubs.push(Hub::new(Arc::clone(route) as SharedResource, settings, shutdown.clone()));
+                hubs.push(Hub::new(shared(Arc::clone(route) as SharedResource), settings, shutdown.clone()));
             }
             let waiting = Waiting {
                 pending,
@@ -151,6 +169,7 @@ impl App {
             limits: StreamLimits::from_config(&config.limits),
             metrics,
             allowed_origins: config.cors_origins.iter().cloned().collect(),
+            cluster,
             demo_cookie: config.demo_token.as_deref().and_then(|token| {
                 let cookie = &config.auth.auth_cookie;
                 HeaderValue::from_str(&format!("{cookie}={token}; Path=/; HttpOnly; SameSite=Strict")).ok()

@@ -29,6 +29,9 @@ impl EventKind {
     pub const COMPLETED: Self = Self { name: "completed", terminal: true };
     /// The terminal `end` event of a route without terminal names: the upstream ended with OK.
     pub const END: Self = Self { name: "end", terminal: true };
+    /// A `reset` event in the middle of a stream (cluster mode): the events before it came from
+    /// an upstream call that another instance's call replaced, and what follows starts over.
+    pub const RESET: Self = Self { name: "reset", terminal: false };
 
     /// A kind named `name`; `None` when the name is not 1 to 64 bytes of `[A-Za-z0-9_.-]`.
     pub fn new(name: &'static str, terminal: bool) -> Option<Self> {

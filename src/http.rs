@@ -62,6 +62,8 @@ pub struct AppState {
     pub allowed_origins: Arc<[HeaderValue]>,
     /// `Set-Cookie` for the demo page under `sse-bff demo` (the demo user's token).
     pub demo_cookie: Option<HeaderValue>,
+    /// This instance's part of the cluster, with `--redis`.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {

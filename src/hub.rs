@@ -244,6 +244,25 @@ impl Hub {
     }
 }
 
+/// An upstream call of its own for a reader that is not a viewer: the cluster's lease holder,
+/// which appends what the call delivers to Redis. It asks for the events after `after`, with
+/// the retries, idle timeout, backoff and metrics of a shared call, and its stream yields every
+/// event from the first one the upstream sends (never the backlog of a log), then the end as
+/// [`Delivery::Failed`] or the terminal event. Failures being retried are not reported: the
+/// stream waits through them. The call ends when `cancel` is cancelled (or `settings.linger`
+/// after the stream is dropped).
+pub(crate) fn dedicated(
+    resource: SharedResource,
+    call: Call,
+    after: u64,
+    settings: HubSettings,
+    cancel: CancellationToken,
+) -> ViewerStream {
+    let leave = |_: &Arc<SharedCall>, decide: &mut dyn FnMut() -> bool| decide();
+    let (own, from_start) = SharedCall::start(resource, call, after, settings, cancel, leave);
+    own.follow(from_start, after)
+}
+
 /// A subscription from the current state, for a viewer whose resume point could not be
 /// replayed.
 fn reset(subscription: Subscription) -> Subscription {

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod demo;
 pub mod event;
 mod flags;

@@ -78,6 +78,8 @@ pub struct Metrics {
     auth_failures: Family<Reason, Counter>,
     delivery_lag: Histogram,
     first_event: Histogram,
+    cluster_degraded: Gauge,
+    cluster_leases: Gauge,
 }
 
 impl Default for Metrics {
@@ -111,6 +113,18 @@ impl Default for Metrics {
         );
         let first_event = Histogram::new(latency_buckets());
         registry.register("time_to_first_event_seconds", "Time from request to the first event", first_event.clone());
+        let cluster_degraded = Gauge::default();
+        registry.register(
+            "cluster_degraded",
+            "1 while cluster mode (--redis) cannot reach Redis and every instance calls the upstream itself; else 0",
+            cluster_degraded.clone(),
+        );
+        let cluster_leases = Gauge::default();
+        registry.register(
+            "cluster_leases_held",
+            "Resources whose lease this instance holds: it calls their upstream for the whole cluster",
+            cluster_leases.clone(),
+        );
         Self {
             registry,
             open_streams,
@@ -123,6 +137,8 @@ impl Default for Metrics {
             auth_failures,
             delivery_lag,
             first_event,
+            cluster_degraded,
+            cluster_leases,
         }
     }
 }
@@ -139,6 +155,16 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Cluster mode is degraded (Redis does not answer), or no longer.
+    pub fn cluster_degraded(&self, degraded: bool) {
+        self.cluster_degraded.set(i64::from(degraded));
+    }
+
+    /// This instance took (`1`) or let go of (`-1`) a resource's lease.
+    pub fn cluster_leases(&self, change: i64) {
+        self.cluster_leases.inc_by(change);
     }
 
     /// A stream opened; the returned guard closes it in the gauge when dropped.

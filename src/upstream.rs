@@ -19,7 +19,10 @@ pub use deferred::{Deferred, Waiting};
 pub use dynamic::{Refresh, RouteResource, RouteResourceError};
 pub use limit::{Limited, MessageTooLarge};
 
-use crate::{event::StreamEvent, routes::Retention};
+use crate::{
+    event::{EventKind, StreamEvent},
+    routes::Retention,
+};
 
 /// The events of one upstream call, or the error that ended it.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, UpstreamError>> + Send>>;
@@ -48,6 +51,26 @@ pub trait Resource: Send + Sync + fmt::Debug + 'static {
     /// have not arrived) is the answer to every request, without a shared call.
     fn available(&self) -> Result<(), UpstreamError> {
         Ok(())
+    }
+
+    /// The event kind named `name`, when the route can produce it: how events stored by name
+    /// (in cluster mode, in Redis) get their static kind back. `None` for an unknown name.
+    fn kind(&self, name: &str) -> Option<EventKind> {
+        let _ = name;
+        None
+    }
+
+    /// Whether the BFF numbers the route's events (the route has no `id` field): then a call
+    /// that starts over cannot be told apart from new events by their ids.
+    fn numbered_by_bff(&self) -> bool {
+        false
+    }
+
+    /// Whether [`Resource::open`] calls the upstream, so that the hub counts each open as an
+    /// upstream call in its metrics. A resource reading events from elsewhere (the cluster's
+    /// Redis stream) counts its own upstream calls.
+    fn calls_upstream(&self) -> bool {
+        true
     }
 
     /// Opens the upstream call, asking for the events after `resume_after` (0: from the first)

@@ -7,6 +7,7 @@ use axum::http::HeaderValue;
 
 use crate::{
     auth::AuthConfig,
+    cluster::ClusterConfig,
     flags::parse_duration,
     http::{LimitsConfig, ServerConfig, StreamConfig},
     hub::HubConfig,
@@ -55,6 +56,9 @@ pub struct ServeConfig {
     /// Token verification.
     #[command(flatten)]
     pub auth: AuthConfig,
+    /// Cluster mode on Redis Streams.
+    #[command(flatten)]
+    pub cluster: ClusterConfig,
     /// Set by `demo` only: the demo user's token, handed to the demo page as a cookie.
     #[arg(skip)]
     pub demo_token: Option<String>,

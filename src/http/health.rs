@@ -25,9 +25,12 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// 200 when every checked upstream reports SERVING, or answers that it has no health service
-/// at all (UNIMPLEMENTED: it is reachable and answers gRPC); the body has a line per upstream.
-/// 503 otherwise, with a reason that names each failing upstream and what failed: NOT_SERVING,
-/// an unknown service name, no answer in time, a refused connection.
+/// at all (UNIMPLEMENTED: it is reachable and answers gRPC), with a JSON body
+/// `{"status":"ready","checks":["ready: upstream ..."],"cluster":"off"|"ok"|"degraded"}`: a
+/// degraded cluster (Redis does not answer, each instance calls its upstreams itself) still
+/// serves, so it is ready. 503 otherwise (a problem document), with a reason that names each
+/// failing upstream and what failed: NOT_SERVING, an unknown service name, no answer in time, a
+/// refused connection.
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
@@ -41,8 +44,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     if !reasons.is_empty() {
         return Err(ApiError::NotReady(reasons.join("; ")));
     }
-    let lines: String = ready.into_iter().filter_map(Result::ok).map(|line| line + "\n").collect();
-    Ok((StatusCode::OK, if lines.is_empty() { "ready\n".to_owned() } else { lines }))
+    let checks: Vec<String> = ready.into_iter().filter_map(Result::ok).collect();
+    let cluster = state.cluster.as_ref().map_or("off", |cluster| cluster.status());
+    let body = serde_json::json!({ "status": "ready", "checks": checks, "cluster": cluster });
+    Ok((StatusCode::OK, axum::Json(body)))
 }
 
 /// One upstream's check: `Ok` with a line for the body, `Err` with the reason.

@@ -186,6 +186,18 @@ impl SharedCall {
         Attach::Ready(Subscription::Live { reset, events: ViewerStream::attached(guard, backlog, live, cursor) })
     }
 
+    /// The stream of the one reader of a call of its own that holds the receiver `from_start`
+    /// from [`SharedCall::start`]: every event after `after` as it comes, then how the call
+    /// ended.
+    pub(super) fn follow(self: &Arc<Self>, from_start: Receiver, after: u64) -> ViewerStream {
+        let state = self.lock();
+        self.viewers.send_modify(|n| *n += 1);
+        self.viewer_gauge.inc();
+        let guard = ViewerGuard { shared: Arc::clone(self) };
+        drop(state);
+        ViewerStream::attached(guard, Vec::new(), Some(from_start), after)
+    }
+
     /// A fresh receiver and the events after `cursor`, for a viewer of a `log` route that fell
     /// behind. One that fell out of the log gets only the latest event,
     /// and `true`: events were lost.

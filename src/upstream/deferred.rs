@@ -15,7 +15,10 @@ use tonic::Code;
 use super::{
     Call, EventStream, ParamRejected, Refresh, Resource, RouteResource, UpstreamError, UpstreamPool, dynamic::rule_text,
 };
-use crate::routes::{Pending, Retention, RouteSpec, param_rules};
+use crate::{
+    event::EventKind,
+    routes::{Pending, Retention, RouteSpec, param_rules},
+};
 
 /// A route waiting for its upstream's descriptors.
 #[derive(Debug)]
@@ -87,6 +90,14 @@ impl Resource for Deferred {
             }
         }
         Ok(())
+    }
+
+    fn kind(&self, name: &str) -> Option<EventKind> {
+        self.ready.get().and_then(|ready| ready.kind(name))
+    }
+
+    fn numbered_by_bff(&self) -> bool {
+        self.ready.get().is_some_and(|ready| ready.numbered_by_bff())
     }
 
     fn available(&self) -> Result<(), UpstreamError> {

@@ -209,6 +209,14 @@ impl Resource for RouteResource {
         self.resumable
     }
 
+    fn kind(&self, name: &str) -> Option<EventKind> {
+        self.mapping().kinds.get(name).copied()
+    }
+
+    fn numbered_by_bff(&self) -> bool {
+        self.mapping().route.id.is_none()
+    }
+
     fn check(&self, params: &[(String, String)]) -> Result<(), ParamRejected> {
         let mapping = self.mapping();
         for param in &mapping.route.params {

@@ -424,6 +424,11 @@ impl Binary {
         Self { addr, child, log }
     }
 
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     /// Everything the binary logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()

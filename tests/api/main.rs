@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! real HTTP client that parses SSE.
 
+mod cluster;
 mod errors;
 mod events;
 mod faults;

@@ -85,9 +85,11 @@ impl SharedCall {
         let mut backoff = BACKOFF.0;
         loop {
             // Dropped with this future when the call is cancelled: it then counts as `cancelled`.
-            let counted = self.metrics.upstream_started(resource.route());
+            let counted = resource.calls_upstream().then(|| self.metrics.upstream_started(resource.route()));
             let attempt = self.attempt(resource, &call, &mut last, settings).await;
-            counted.end(attempt.as_ref().err().map_or("ok", |broken| broken.error.metric_label()));
+            if let Some(counted) = counted {
+                counted.end(attempt.as_ref().err().map_or("ok", |broken| broken.error.metric_label()));
+            }
             let error = match attempt {
                 Ok(()) => return End::Terminal,
                 Err(Broken { error, received }) => {

@@ -1,0 +1,474 @@
+//! Cluster mode on Redis Streams (`serve --redis URL`): many instances, one upstream call per
+//! shared resource, resume on any instance.
+//!
+//! Every route's resource is wrapped in a [`Clustered`] resource. The hub of each instance still
+//! shares one call per resource among its viewers and fans it out as without a cluster; only
+//! that call now reads the resource's Redis stream (`XRANGE` for what is there, then the
+//! instance's one reader task in `XREAD BLOCK`, `reader.rs`) instead of calling the upstream.
+//! The upstream is called by the one instance that holds the resource's lease (`holder.rs`):
+//! it appends each event to the stream with a script that checks its fencing token, so a holder
+//! that lost its lease (paused, partitioned) cannot append. Instances with viewers of a
+//! resource refresh its `interest` key and take the lease when nobody holds it: when the holder
+//! dies, another instance takes over within the lease's TTL. What Redis holds is described in
+//! `keys.rs`.
+//!
+//! When Redis does not answer, the cluster is *degraded*: every open falls back to an upstream
+//! call of the instance's own (the behaviour without a cluster), `/readyz` says so, and when
+//! Redis answers again those calls end with a transient error that the hub resumes from, now
+//! through Redis again: viewers' streams go on.
+
+mod holder;
+mod keys;
+mod reader;
+mod resource;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use redis::{
+    Client, IntoConnectionInfo as _, RedisError, Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    streams::StreamRangeReply,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use self::resource::Clustered;
+use self::{
+    keys::{EntryId, Keys},
+    reader::Reader,
+};
+use crate::{hub::HubSettings, metrics::Metrics, upstream::Call, upstream::SharedResource};
+
+/// The cluster's flags of `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterConfig {
+    /// Redis (or Valkey) that makes the instances one cluster: `redis://host:6379/0`, or
+    /// `rediss://` for TLS. A password may be in the URL (`redis://:PASSWORD@host`) or in
+    /// `--redis-password-file`. Without it, each instance works alone.
+    #[arg(long = "redis", env = "SSE_BFF_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// A file whose first line is the Redis password (it overrides one in the URL).
+    #[arg(long, env = "SSE_BFF_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
+    /// How long the lease of the instance calling the upstream for a resource lasts unless
+    /// renewed: after it dies, another instance takes over within this time. Also how soon the
+    /// instances fall back to calls of their own when Redis stops answering.
+    #[arg(long, env = "SSE_BFF_LEASE_TTL", default_value = "5s", value_parser = parse_lease_ttl)]
+    pub lease_ttl: Duration,
+}
+
+fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = crate::flags::parse_duration(text)?;
+    if !(Duration::from_millis(300)..=Duration::from_secs(300)).contains(&ttl) {
+        return Err("the lease TTL must be between 300ms and 5m".into());
+    }
+    Ok(ttl)
+}
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The URL is not a Redis URL.
+    #[error("--redis: {0}")]
+    Url(String),
+    /// The password file could not be read.
+    #[error("--redis-password-file {path}: {source}")]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// This instance's part of the cluster: its Redis connections, the reader task, the leases it
+/// holds and the resources it has viewers of.
+#[derive(Debug)]
+pub struct Cluster {
+    manager: ConnectionManager,
+    /// `<uuid>`: this instance in fencing tokens.
+    instance: String,
+    lease_ttl: Duration,
+    healthy: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+    reader: Arc<Reader>,
+    /// Resources with viewers on this instance, by their keys' base.
+    local: Mutex<HashMap<String, Local>>,
+    /// Resources whose lease this instance holds (or is taking), by their keys' base.
+    held: Mutex<HashSet<String>>,
+    shutdown: CancellationToken,
+    scripts: Scripts,
+}
+
+/// A resource with viewers on this instance: what a holder needs to call its upstream.
+#[derive(Debug)]
+struct Local {
+    keys: Keys,
+    refs: usize,
+    resource: SharedResource,
+    call: Call,
+    settings: HubSettings,
+}
+
+#[derive(Debug)]
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    append: Script,
+    open: Script,
+}
+
+/// Takes the lease when nobody holds it. KEYS: lease, fence. ARGV: TTL ms, instance, the
+/// fence's TTL ms. Returns the fencing token, or nil.
+const ACQUIRE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local n = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local token = n .. ':' .. ARGV[2]
+redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
+return token
+";
+
+/// Renews the lease while some instance has viewers. KEYS: lease, interest, stream. ARGV:
+/// token, TTL ms, the stream's live TTL ms. Returns 1 (renewed), 0 (not ours) or -1 (let go: no
+/// viewer anywhere).
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[1])
+  return -1
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return 1
+";
+
+/// Lets go of the lease if it is still ours. KEYS: lease. ARGV: token.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Appends entries if the lease is still ours (fencing). KEYS: stream, lease. ARGV: token,
+/// MAXLEN, the stream's TTL ms, then per entry: id, field count, fields. Entries at or below the
+/// stream's last id are skipped. Returns how many were appended, or -1 when fenced off.
+const APPEND: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+local i = 4
+local added = 0
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  local entry = {KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i]}
+  for j = 1, 2 * n do entry[#entry + 1] = ARGV[i + 1 + j] end
+  local ok = redis.pcall('XADD', unpack(entry))
+  if type(ok) ~= 'table' or not ok.err then added = added + 1 end
+  i = i + 2 + 2 * n
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return added
+";
+
+/// What a follower starting after an entry needs, at one moment. KEYS: stream. ARGV: the
+/// entry, COUNT. Returns the id of the newest entry trimmed away (`0-0`: none) and the entries
+/// after the given one.
+const OPEN: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'0-0', {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local trimmed = '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' then trimmed = info[i + 1] end
+end
+return {trimmed, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+";
+
+/// What a follower gets from [`Cluster::open`].
+#[derive(Debug)]
+struct Opened {
+    /// The entries after the resume point that Redis has.
+    backlog: StreamRangeReply,
+    /// Whether entries after the resume point were trimmed away: it cannot be served.
+    gone: bool,
+}
+
+impl Cluster {
+    /// Connects (lazily: Redis may be down at start, the cluster is then degraded until it
+    /// answers) and starts the reader and the upkeep tasks, which end with `shutdown`.
+    ///
+    /// Errors: a URL that is not `redis://` or `rediss://`, or an unreadable password file.
+    pub async fn start(
+        config: &ClusterConfig,
+        url: &str,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, ClusterError> {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ClusterError::Url("the URL must start with redis:// or rediss://".into()));
+        }
+        let mut info = url.into_connection_info().map_err(|e| ClusterError::Url(describe(&e)))?;
+        if let Some(path) = &config.redis_password_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ClusterError::PasswordFile { path: path.clone(), source })?;
+            let password = text.lines().next().unwrap_or_default().to_owned();
+            let redis = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(redis);
+        }
+        let client = Client::open(info).map_err(|e| ClusterError::Url(describe(&e)))?;
+        let ttl = config.lease_ttl;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(ttl / 3))
+            .set_response_timeout(Some(ttl / 3))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(ttl / 5);
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|e| ClusterError::Url(describe(&e)))?;
+        let cluster = Arc::new(Self {
+            manager,
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            lease_ttl: ttl,
+            healthy: watch::channel(false).0,
+            metrics,
+            reader: Arc::new(Reader::default()),
+            local: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashSet::new()),
+            shutdown: shutdown.clone(),
+            scripts: Scripts {
+                acquire: Script::new(ACQUIRE),
+                renew: Script::new(RENEW),
+                release: Script::new(RELEASE),
+                append: Script::new(APPEND),
+                open: Script::new(OPEN),
+            },
+        });
+        cluster.metrics.cluster_degraded(true);
+        // The first answer decides how the instance starts.
+        cluster.check().await;
+        let weak = Arc::downgrade(&cluster);
+        let trouble = move |error: &RedisError| {
+            if let Some(cluster) = weak.upgrade() {
+                cluster.trouble(error);
+            }
+        };
+        tokio::spawn(reader::run(Arc::clone(&cluster.reader), client, ttl / 3, trouble, shutdown));
+        tokio::spawn(Arc::clone(&cluster).upkeep());
+        Ok(cluster)
+    }
+
+    /// Whether Redis answers (else the cluster is degraded).
+    pub fn is_healthy(&self) -> bool {
+        *self.healthy.borrow()
+    }
+
+    /// `ok` or `degraded`, as `/readyz` reports it.
+    pub fn status(&self) -> &'static str {
+        if self.is_healthy() { "ok" } else { "degraded" }
+    }
+
+    /// Every third of the lease TTL: checks Redis, refreshes the interest in every resource
+    /// with viewers here, and takes the leases nobody holds.
+    async fn upkeep(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.lease_ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            self.check().await;
+            if !self.is_healthy() {
+                continue;
+            }
+            let wanted: Vec<Keys> = self.locals().into_iter().map(|(keys, _)| keys).collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            let interest_ttl = (self.lease_ttl * 2).as_millis() as u64;
+            for keys in &wanted {
+                pipe.cmd("SET").arg(&keys.interest).arg(1).arg("PX").arg(interest_ttl).ignore();
+            }
+            let mut manager = self.manager.clone();
+            if let Err(error) = pipe.query_async::<()>(&mut manager).await {
+                self.trouble(&error);
+                continue;
+            }
+            for keys in wanted {
+                self.try_hold(&keys.base).await;
+            }
+        }
+    }
+
+    /// One `PING`: healthy or degraded, with one log line and the metric per change.
+    async fn check(&self) {
+        let mut manager = self.manager.clone();
+        let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut manager).await;
+        match ping {
+            Ok(_) => self.set_healthy(true, None),
+            Err(error) => self.set_healthy(false, Some(&error)),
+        }
+    }
+
+    /// A Redis command failed: the cluster is degraded until a `PING` answers again.
+    fn trouble(&self, error: &RedisError) {
+        if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() || error.is_connection_refusal() {
+            self.set_healthy(false, Some(error));
+        } else {
+            tracing::warn!(error = %describe(error), "cluster: Redis refused a command");
+        }
+    }
+
+    fn set_healthy(&self, healthy: bool, error: Option<&RedisError>) {
+        if self.healthy.send_replace(healthy) == healthy {
+            return;
+        }
+        self.metrics.cluster_degraded(!healthy);
+        match error {
+            None => tracing::info!("cluster: Redis answers; resources are shared across instances again"),
+            Some(error) => tracing::warn!(
+                error = %describe(error),
+                "cluster degraded: Redis does not answer; every instance calls the upstream itself"
+            ),
+        }
+    }
+
+    /// The resources with viewers here: their keys and whether the lease is held here.
+    fn locals(&self) -> Vec<(Keys, bool)> {
+        let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        local.values().map(|l| (l.keys.clone(), held.contains(&l.keys.base))).collect()
+    }
+
+    /// Takes the lease of the resource `base` when nobody holds it, and starts calling its
+    /// upstream here.
+    async fn try_hold(self: &Arc<Self>, base: &str) {
+        let (keys, resource, call, settings) = {
+            let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(l) = local.get(base) else { return };
+            (l.keys.clone(), Arc::clone(&l.resource), l.call.clone(), l.settings.clone())
+        };
+        if !self.held.lock().unwrap_or_else(PoisonError::into_inner).insert(keys.base.clone()) {
+            return;
+        }
+        let ttl = self.lease_ttl.as_millis() as u64;
+        let fence_ttl = self.live_ttl(&settings).as_millis() as u64 * 4;
+        let mut manager = self.manager.clone();
+        let taken: redis::RedisResult<Option<String>> = self
+            .scripts
+            .acquire
+            .key(&keys.lease)
+            .key(&keys.fence)
+            .arg(ttl)
+            .arg(&self.instance)
+            .arg(fence_ttl)
+            .invoke_async(&mut manager)
+            .await;
+        match taken {
+            Ok(Some(token)) => {
+                tracing::debug!(resource = %keys.base, "cluster: took the lease; calling the upstream");
+                tokio::spawn(holder::hold(Arc::clone(self), keys, token, resource, call, settings));
+            }
+            Ok(None) => self.let_go(&keys.base),
+            Err(error) => {
+                self.let_go(&keys.base);
+                self.trouble(&error);
+            }
+        }
+    }
+
+    /// This instance no longer holds (or takes) the lease of `base`.
+    fn let_go(&self, base: &str) {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).remove(base);
+    }
+
+    /// How long a live stream outlives its last append or renewal: a holder that died and
+    /// found no successor leaves nothing behind for longer.
+    fn live_ttl(&self, settings: &HubSettings) -> Duration {
+        settings.keep_finished.max(settings.linger) + self.lease_ttl * 3
+    }
+
+    /// Reads what a follower starting after `after` gets now.
+    async fn open(&self, keys: &Keys, after: u64, replay: usize) -> redis::RedisResult<Opened> {
+        let mut manager = self.manager.clone();
+        let count = (replay + 256).min(20_000);
+        let (trimmed, backlog): (String, StreamRangeReply) = self
+            .scripts
+            .open
+            .key(&keys.stream)
+            .arg(EntryId(after, 0).to_string())
+            .arg(count)
+            .invoke_async(&mut manager)
+            .await?;
+        // Gone when something after the point was trimmed (the same rule as the hub's log).
+        let gone = after > 0 && EntryId::parse(&trimmed).is_some_and(|trimmed| trimmed.0 > after);
+        Ok(Opened { backlog, gone })
+    }
+
+    /// Counts a follower of `keys` here until the guard drops: the instance then refreshes the
+    /// resource's interest and takes its lease when nobody holds it (at once for the first).
+    fn interest(
+        self: &Arc<Self>,
+        keys: &Keys,
+        resource: &SharedResource,
+        call: &Call,
+        settings: &HubSettings,
+    ) -> Interest {
+        let first = {
+            let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = local.entry(keys.base.clone()).or_insert_with(|| Local {
+                keys: keys.clone(),
+                refs: 0,
+                resource: Arc::clone(resource),
+                call: call.clone(),
+                settings: settings.clone(),
+            });
+            entry.refs += 1;
+            entry.refs == 1
+        };
+        if first {
+            let cluster = Arc::clone(self);
+            let keys = keys.clone();
+            tokio::spawn(async move {
+                let mut manager = cluster.manager.clone();
+                let ttl = (cluster.lease_ttl * 2).as_millis() as u64;
+                let set: redis::RedisResult<()> =
+                    redis::cmd("SET").arg(&keys.interest).arg(1).arg("PX").arg(ttl).query_async(&mut manager).await;
+                match set {
+                    Ok(()) => cluster.try_hold(&keys.base).await,
+                    Err(error) => cluster.trouble(&error),
+                }
+            });
+        }
+        Interest { cluster: Arc::clone(self), base: keys.base.clone() }
+    }
+}
+
+/// A follower of a resource on this instance (see [`Cluster::interest`]).
+#[derive(Debug)]
+struct Interest {
+    cluster: Arc<Cluster>,
+    base: String,
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        let mut local = self.cluster.local.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = local.get_mut(&self.base) {
+            entry.refs = entry.refs.saturating_sub(1);
+            if entry.refs == 0 {
+                local.remove(&self.base);
+            }
+        }
+    }
+}
+
+/// A Redis error as one line, without the URL or anything secret (the crate's messages name
+/// the command and the server's answer only).
+fn describe(error: &RedisError) -> String {
+    error.to_string()
+}
