@@ -18,9 +18,11 @@
 //! through Redis again: viewers' streams go on.
 
 mod holder;
+mod interest;
 mod keys;
 mod reader;
 mod resource;
+mod scripts;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -30,7 +32,7 @@ use std::{
 };
 
 use redis::{
-    Client, IntoConnectionInfo as _, RedisError, Script,
+    Client, IntoConnectionInfo as _, RedisError,
     aio::{ConnectionManager, ConnectionManagerConfig},
     streams::StreamRangeReply,
 };
@@ -41,6 +43,7 @@ pub use self::resource::Clustered;
 use self::{
     keys::{EntryId, Keys},
     reader::Reader,
+    scripts::Scripts,
 };
 use crate::{hub::HubSettings, metrics::Metrics, upstream::Call, upstream::SharedResource};
 
@@ -115,78 +118,6 @@ struct Local {
     settings: HubSettings,
 }
 
-#[derive(Debug)]
-struct Scripts {
-    acquire: Script,
-    renew: Script,
-    release: Script,
-    append: Script,
-    open: Script,
-}
-
-/// Takes the lease when nobody holds it. KEYS: lease, fence. ARGV: TTL ms, instance, the
-/// fence's TTL ms. Returns the fencing token, or nil.
-const ACQUIRE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local n = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-local token = n .. ':' .. ARGV[2]
-redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
-return token
-";
-
-/// Renews the lease while some instance has viewers. KEYS: lease, interest, stream. ARGV:
-/// token, TTL ms, the stream's live TTL ms. Returns 1 (renewed), 0 (not ours) or -1 (let go: no
-/// viewer anywhere).
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('DEL', KEYS[1])
-  return -1
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
-return 1
-";
-
-/// Lets go of the lease if it is still ours. KEYS: lease. ARGV: token.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
-
-/// Appends entries if the lease is still ours (fencing). KEYS: stream, lease. ARGV: token,
-/// MAXLEN, the stream's TTL ms, then per entry: id, field count, fields. Entries at or below the
-/// stream's last id are skipped. Returns how many were appended, or -1 when fenced off.
-const APPEND: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local i = 4
-local added = 0
-while i <= #ARGV do
-  local n = tonumber(ARGV[i + 1])
-  local entry = {KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i]}
-  for j = 1, 2 * n do entry[#entry + 1] = ARGV[i + 1 + j] end
-  local ok = redis.pcall('XADD', unpack(entry))
-  if type(ok) ~= 'table' or not ok.err then added = added + 1 end
-  i = i + 2 + 2 * n
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return added
-";
-
-/// What a follower starting after an entry needs, at one moment. KEYS: stream. ARGV: the
-/// entry, COUNT. Returns the id of the newest entry trimmed away (`0-0`: none) and the entries
-/// after the given one.
-const OPEN: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'0-0', {}} end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local trimmed = '0-0'
-for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then trimmed = info[i + 1] end
-end
-return {trimmed, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
-";
-
 /// What a follower gets from [`Cluster::open`].
 #[derive(Debug)]
 struct Opened {
@@ -238,13 +169,7 @@ impl Cluster {
             local: Mutex::new(HashMap::new()),
             held: Mutex::new(HashSet::new()),
             shutdown: shutdown.clone(),
-            scripts: Scripts {
-                acquire: Script::new(ACQUIRE),
-                renew: Script::new(RENEW),
-                release: Script::new(RELEASE),
-                append: Script::new(APPEND),
-                open: Script::new(OPEN),
-            },
+            scripts: Scripts::new(),
         });
         cluster.metrics.cluster_degraded(true);
         // The first answer decides how the instance starts.
@@ -268,40 +193,6 @@ impl Cluster {
     /// `ok` or `degraded`, as `/readyz` reports it.
     pub fn status(&self) -> &'static str {
         if self.is_healthy() { "ok" } else { "degraded" }
-    }
-
-    /// Every third of the lease TTL: checks Redis, refreshes the interest in every resource
-    /// with viewers here, and takes the leases nobody holds.
-    async fn upkeep(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.lease_ttl / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = self.shutdown.cancelled() => return,
-            }
-            self.check().await;
-            if !self.is_healthy() {
-                continue;
-            }
-            let wanted: Vec<Keys> = self.locals().into_iter().map(|(keys, _)| keys).collect();
-            if wanted.is_empty() {
-                continue;
-            }
-            let mut pipe = redis::pipe();
-            let interest_ttl = (self.lease_ttl * 2).as_millis() as u64;
-            for keys in &wanted {
-                pipe.cmd("SET").arg(&keys.interest).arg(1).arg("PX").arg(interest_ttl).ignore();
-            }
-            let mut manager = self.manager.clone();
-            if let Err(error) = pipe.query_async::<()>(&mut manager).await {
-                self.trouble(&error);
-                continue;
-            }
-            for keys in wanted {
-                self.try_hold(&keys.base).await;
-            }
-        }
     }
 
     /// One `PING`: healthy or degraded, with one log line and the metric per change.
@@ -344,48 +235,6 @@ impl Cluster {
         local.values().map(|l| (l.keys.clone(), held.contains(&l.keys.base))).collect()
     }
 
-    /// Takes the lease of the resource `base` when nobody holds it, and starts calling its
-    /// upstream here.
-    async fn try_hold(self: &Arc<Self>, base: &str) {
-        let (keys, resource, call, settings) = {
-            let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(l) = local.get(base) else { return };
-            (l.keys.clone(), Arc::clone(&l.resource), l.call.clone(), l.settings.clone())
-        };
-        if !self.held.lock().unwrap_or_else(PoisonError::into_inner).insert(keys.base.clone()) {
-            return;
-        }
-        let ttl = self.lease_ttl.as_millis() as u64;
-        let fence_ttl = self.live_ttl(&settings).as_millis() as u64 * 4;
-        let mut manager = self.manager.clone();
-        let taken: redis::RedisResult<Option<String>> = self
-            .scripts
-            .acquire
-            .key(&keys.lease)
-            .key(&keys.fence)
-            .arg(ttl)
-            .arg(&self.instance)
-            .arg(fence_ttl)
-            .invoke_async(&mut manager)
-            .await;
-        match taken {
-            Ok(Some(token)) => {
-                tracing::debug!(resource = %keys.base, "cluster: took the lease; calling the upstream");
-                tokio::spawn(holder::hold(Arc::clone(self), keys, token, resource, call, settings));
-            }
-            Ok(None) => self.let_go(&keys.base),
-            Err(error) => {
-                self.let_go(&keys.base);
-                self.trouble(&error);
-            }
-        }
-    }
-
-    /// This instance no longer holds (or takes) the lease of `base`.
-    fn let_go(&self, base: &str) {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner).remove(base);
-    }
-
     /// How long a live stream outlives its last append or renewal: a holder that died and
     /// found no successor leaves nothing behind for longer.
     fn live_ttl(&self, settings: &HubSettings) -> Duration {
@@ -407,63 +256,6 @@ impl Cluster {
         // Gone when something after the point was trimmed (the same rule as the hub's log).
         let gone = after > 0 && EntryId::parse(&trimmed).is_some_and(|trimmed| trimmed.0 > after);
         Ok(Opened { backlog, gone })
-    }
-
-    /// Counts a follower of `keys` here until the guard drops: the instance then refreshes the
-    /// resource's interest and takes its lease when nobody holds it (at once for the first).
-    fn interest(
-        self: &Arc<Self>,
-        keys: &Keys,
-        resource: &SharedResource,
-        call: &Call,
-        settings: &HubSettings,
-    ) -> Interest {
-        let first = {
-            let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = local.entry(keys.base.clone()).or_insert_with(|| Local {
-                keys: keys.clone(),
-                refs: 0,
-                resource: Arc::clone(resource),
-                call: call.clone(),
-                settings: settings.clone(),
-            });
-            entry.refs += 1;
-            entry.refs == 1
-        };
-        if first {
-            let cluster = Arc::clone(self);
-            let keys = keys.clone();
-            tokio::spawn(async move {
-                let mut manager = cluster.manager.clone();
-                let ttl = (cluster.lease_ttl * 2).as_millis() as u64;
-                let set: redis::RedisResult<()> =
-                    redis::cmd("SET").arg(&keys.interest).arg(1).arg("PX").arg(ttl).query_async(&mut manager).await;
-                match set {
-                    Ok(()) => cluster.try_hold(&keys.base).await,
-                    Err(error) => cluster.trouble(&error),
-                }
-            });
-        }
-        Interest { cluster: Arc::clone(self), base: keys.base.clone() }
-    }
-}
-
-/// A follower of a resource on this instance (see [`Cluster::interest`]).
-#[derive(Debug)]
-struct Interest {
-    cluster: Arc<Cluster>,
-    base: String,
-}
-
-impl Drop for Interest {
-    fn drop(&mut self) {
-        let mut local = self.cluster.local.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = local.get_mut(&self.base) {
-            entry.refs = entry.refs.saturating_sub(1);
-            if entry.refs == 0 {
-                local.remove(&self.base);
-            }
-        }
     }
 }
 

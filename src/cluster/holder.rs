@@ -71,7 +71,7 @@ impl Holder<'_> {
             // The calls before were numbered by whoever held the lease: start over visibly.
             last += 1;
             let reset = StreamEvent::new(last, EventKind::RESET, br#"{"reason":"upstream call restarted"}"#, None);
-            self.append(&[Appended::Event(&reset)], false).await?;
+            self.append(&[Appended::Event(&reset)], Ending::Live).await?;
         }
         let mut events = hub::dedicated(resource, call, last, self.settings.clone(), cancel);
         let mut renew = tokio::time::interval(self.cluster.lease_ttl / 3);
@@ -91,6 +91,7 @@ impl Holder<'_> {
                     }
                     let mut entries = Vec::with_capacity(batch.len());
                     let mut ended = false;
+                    let mut failed = false;
                     for delivery in &batch {
                         match delivery {
                             Delivery::Event(event) => {
@@ -98,8 +99,12 @@ impl Holder<'_> {
                                 ended = event.kind.is_terminal();
                                 entries.push(Appended::Event(event));
                             }
+                            // Shutting down is not the resource failing: stop without a
+                            // trace, and another instance takes over.
+                            Delivery::Failed(_) if self.cluster.shutdown.is_cancelled() => return Ok(()),
                             Delivery::Failed(error) => {
                                 ended = true;
+                                failed = true;
                                 entries.push(Appended::Failed(last, error));
                             }
                             // This reader fell out of a `log` route's replay log: what follows
@@ -110,7 +115,7 @@ impl Holder<'_> {
                             break;
                         }
                     }
-                    self.append(&entries, ended).await?;
+                    self.append(&entries, Ending::of(ended, failed)).await?;
                     if ended {
                         return Ok(());
                     }
@@ -169,13 +174,18 @@ impl Holder<'_> {
         }
     }
 
-    /// Appends `entries` if the lease is still ours; `ended`: they end the resource, whose
-    /// stream then expires after the keep-finished time.
-    async fn append(&self, entries: &[Appended<'_>], ended: bool) -> Result<(), Stop> {
+    /// Appends `entries` if the lease is still ours; `ending` sets how long the stream is kept.
+    async fn append(&self, entries: &[Appended<'_>], ending: Ending) -> Result<(), Stop> {
         if entries.is_empty() {
             return Ok(());
         }
-        let ttl = if ended { self.settings.keep_finished } else { self.cluster.live_ttl(self.settings) };
+        let ttl = match ending {
+            Ending::Live => self.cluster.live_ttl(self.settings),
+            Ending::Finished => self.settings.keep_finished,
+            // Kept only long enough for every follower to read it: as without a cluster, the next
+            // viewer after a failure gets a new call.
+            Ending::Failed => self.settings.keep_finished.min(self.cluster.lease_ttl),
+        };
         let mut args = Vec::new();
         for entry in entries {
             match entry {
@@ -195,6 +205,27 @@ impl Holder<'_> {
             return Err(Stop::Fenced);
         }
         Ok(())
+    }
+}
+
+/// What an append does to the resource.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// It goes on.
+    Live,
+    /// Its terminal event: kept for `--keep-finished`.
+    Finished,
+    /// Its failure.
+    Failed,
+}
+
+impl Ending {
+    fn of(ended: bool, failed: bool) -> Self {
+        match (ended, failed) {
+            (_, true) => Self::Failed,
+            (true, false) => Self::Finished,
+            (false, false) => Self::Live,
+        }
     }
 }
 

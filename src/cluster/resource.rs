@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_util::{StreamExt as _, future::BoxFuture};
 use tonic::Code;
 
-use super::{Cluster, Interest, keys};
+use super::{Cluster, interest::Interest, keys};
 use crate::{
     event::EventKind,
     hub::{HubSettings, ShareScope},

@@ -10,13 +10,13 @@ use sse_bff::sse::{Decoder, Frame};
 use crate::helpers::{Binary, PATIENCE, fixture, free_addr, fresh};
 
 /// A `redis-server` child on a loopback port, without persistence; killed when dropped.
-struct Redis {
+pub struct Redis {
     addr: SocketAddr,
     child: std::process::Child,
 }
 
 impl Redis {
-    fn start(addr: SocketAddr) -> Self {
+    pub fn start(addr: SocketAddr) -> Self {
         let binary = ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -35,7 +35,7 @@ impl Redis {
         Self { addr, child }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://{}", self.addr)
     }
 

@@ -10,7 +10,10 @@ use std::{
 use reqwest::header::HeaderValue;
 use sse_bff::sse::Frame;
 
-use crate::helpers::{PATIENCE, SseReader, TestApp, bearer, fixture, free_addr};
+use crate::{
+    cluster::Redis,
+    helpers::{PATIENCE, SseReader, TestApp, bearer, fixture, free_addr},
+};
 
 /// nginx running the shipped template in front of two replicas; stopped when dropped.
 struct Nginx {
@@ -77,16 +80,43 @@ async fn nginx(replicas: [&TestApp; 2], read_timeout: &str) -> Nginx {
     Nginx { addr, child, _dir: TempDir(dir) }
 }
 
-/// Two replicas sharing one simulator.
-async fn replicas(heartbeat: Duration) -> (TestApp, TestApp) {
-    let first = TestApp::builder().speed(1.0).heartbeat(heartbeat).spawn().await;
-    let second = TestApp::builder().upstream(first.sim_addr).heartbeat(heartbeat).spawn().await;
-    (first, second)
+/// Two replicas sharing one simulator, one cluster on their own `redis-server`, as
+/// `docker-compose.yml` runs them.
+async fn replicas(heartbeat: Duration) -> (TestApp, TestApp, Redis) {
+    let redis = Redis::start(free_addr());
+    let url = redis.url();
+    let cluster = |c: &mut sse_bff::ServeConfig| c.cluster.redis_url = Some(url.clone());
+    let first = TestApp::builder().speed(1.0).heartbeat(heartbeat).configure(cluster).spawn().await;
+    let second = TestApp::builder().upstream(first.sim_addr).heartbeat(heartbeat).configure(cluster).spawn().await;
+    (first, second, redis)
+}
+
+#[tokio::test]
+async fn behind_nginx_the_replicas_make_one_upstream_call_per_document() {
+    let (a, b, _redis) = replicas(Duration::from_secs(15)).await;
+    let proxy = nginx([&a, &b], "60s").await;
+    let url = format!("http://{}/documents/{}/progress", proxy.addr, crate::helpers::fresh("doc-1"));
+    // nginx spreads the viewers over both replicas.
+    let viewers = (0..20).map(|_| {
+        let request = a.client.get(&url).headers(bearer(&a.token));
+        async move { SseReader::new(request.send().await.unwrap()).read_to_end().await }
+    });
+    for frames in futures_util::future::join_all(viewers).await {
+        let names = crate::helpers::names(&frames);
+        assert_eq!(names.last().map(String::as_str), Some("completed"), "{names:?}");
+    }
+    for replica in [&a, &b] {
+        let metrics = replica.metrics().await;
+        let sent = metrics.lines().find(|l| l.starts_with("sse_bff_events_sent_total")).unwrap_or_default();
+        assert!(!sent.is_empty() && !sent.ends_with(" 0"), "each replica served viewers: {sent:?}");
+    }
+    // `b`'s own simulator is unused: both call the one `a` started.
+    assert_eq!(a.sim.calls(), 1, "one upstream call for the document in the whole cluster");
 }
 
 #[tokio::test]
 async fn through_nginx_events_arrive_one_at_a_time_uncompressed() {
-    let (a, b) = replicas(Duration::from_secs(15)).await;
+    let (a, b, _redis) = replicas(Duration::from_secs(15)).await;
     let proxy = nginx([&a, &b], "60s").await;
     let mut headers = bearer(&a.token);
     headers.insert("accept-encoding", HeaderValue::from_static("gzip, deflate, br"));
@@ -116,7 +146,7 @@ async fn through_nginx_events_arrive_one_at_a_time_uncompressed() {
 
 #[tokio::test]
 async fn heartbeats_keep_a_silent_stream_open_past_the_proxy_read_timeout() {
-    let (a, b) = replicas(Duration::from_millis(500)).await;
+    let (a, b, _redis) = replicas(Duration::from_millis(500)).await;
     let proxy = nginx([&a, &b], "2s").await;
     let response = a
         .client
