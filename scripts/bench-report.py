@@ -78,6 +78,45 @@ if one:
         f"p50 {fmt(one['latency_ms']['p50'], ' ms', 3)}, p99 {fmt(one['latency_ms']['p99'], ' ms', 3)}",
         one["latency_ms"]["p99"] <= 1)
 
+def pair(name):
+    a, b = load(name + "-a"), load(name + "-b")
+    if not (a and b):
+        return None
+    redis_path = os.path.join(results, name + ".redis")
+    redis = json.load(open(redis_path)) if os.path.exists(redis_path) else None
+    calls = open(os.path.join(results, name + ".calls")).read().strip()
+    return a, b, int(calls or 0), redis
+
+def kb(value):
+    return fmt(value and value / 1024, " KB", 1)
+
+alone, clustered = pair("cluster-broadcast-alone"), pair("cluster-broadcast")
+if alone and clustered:
+    (a0, b0, calls0, _), (a, b, calls, redis) = alone, clustered
+    p99_alone = max(a0["latency_ms"]["p99"], b0["latency_ms"]["p99"])
+    p99 = max(a["latency_ms"]["p99"], b["latency_ms"]["p99"])
+    delivered = a["gaps"] + b["gaps"] + a["duplicates"] + b["duplicates"] == 0 and a["failed"] + b["failed"] == 0
+    row("Cluster broadcast: 2 instances × 1,000 viewers of 1 doc × 150/s (`--redis`)",
+        "1 upstream call, every event delivered; p99 the Redis hop adds",
+        f"{fmt(a['events_per_s'] + b['events_per_s'], digits=0)} ev/s, {calls} call(s) (alone: {calls0}), "
+        f"gaps {a['gaps'] + b['gaps']}, dup {a['duplicates'] + b['duplicates']}, "
+        f"p99 {fmt(p99, ' ms')} (alone: {fmt(p99_alone, ' ms')}, +{fmt(p99 - p99_alone, ' ms')}), "
+        f"BFFs {fmt(a['server_cores'], '', 2)} + {fmt(b['server_cores'], ' cores', 2)}, "
+        f"RSS {kb(a['server_rss_kib']['peak'] and a['server_rss_kib']['peak'] * 1024)} + {kb(b['server_rss_kib']['peak'] and b['server_rss_kib']['peak'] * 1024)}, "
+        f"redis-server {fmt(redis and redis['cores'], ' cores', 3)}, {kb(redis and redis['rss_kib'] * 1024)}",
+        calls == 1 and delivered)
+progress = pair("cluster-progress")
+if progress:
+    a, b, calls, redis = progress
+    row("Cluster progress bars: 2 instances × 1,000 docs × 5/s, the same docs on both (`--redis`)",
+        "1,000 upstream calls, every event delivered",
+        f"{fmt(a['events_per_s'] + b['events_per_s'], digits=0)} ev/s, {calls} call(s), "
+        f"gaps {a['gaps'] + b['gaps']}, p99 {fmt(max(a['latency_ms']['p99'], b['latency_ms']['p99']), ' ms')}, "
+        f"BFFs {fmt(a['server_cores'], '', 2)} + {fmt(b['server_cores'], ' cores', 2)}, "
+        f"{kb(a['server_bytes_per_connection'])} + {kb(b['server_bytes_per_connection'])}/viewer, "
+        f"redis-server {fmt(redis and redis['cores'], ' cores', 3)}, {kb(redis and redis['rss_kib'] * 1024)}",
+        calls == 1000 and a["gaps"] + b["gaps"] == 0)
+
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 table = "\n".join([
     f"Measured {datetime.date.today()} on {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
@@ -88,7 +127,8 @@ table = "\n".join([
     *rows,
 ])
 print(table)
-scenarios = ["broadcast", "floor-1", "floor-2", "progress", "multiplexed", "tls", "idle", "sharing-1", "sharing-100", "single"]
+scenarios = ["broadcast", "floor-1", "floor-2", "progress", "multiplexed", "tls", "idle", "sharing-1", "sharing-100", "single",
+             "cluster-broadcast-alone-a", "cluster-broadcast-a", "cluster-progress-a"]
 missing = [name for name in scenarios if load(name) is None]
 if missing:
     # A partial run must not replace the full table.
