@@ -27,7 +27,7 @@ mod scripts;
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
 
@@ -47,22 +47,32 @@ use self::{
 };
 use crate::{hub::HubSettings, metrics::Metrics, upstream::Call, upstream::SharedResource};
 
-/// The cluster's flags of `serve`.
-#[derive(Debug, Clone, clap::Args)]
+/// The cluster's flags of `serve`. Its `Debug` leaves the URL out: it may hold the password.
+#[derive(Clone, clap::Args)]
 pub struct ClusterConfig {
     /// Redis (or Valkey) that makes the instances one cluster: `redis://host:6379/0`, or
     /// `rediss://` for TLS. A password may be in the URL (`redis://:PASSWORD@host`) or in
     /// `--redis-password-file`. Without it, each instance works alone.
-    #[arg(long = "redis", env = "SSE_BFF_REDIS_URL", value_name = "URL")]
+    #[arg(long = "redis", env = "SSE_BFF_REDIS_URL", value_name = "URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// A file whose first line is the Redis password (it overrides one in the URL).
     #[arg(long, env = "SSE_BFF_REDIS_PASSWORD_FILE", value_name = "FILE")]
     pub redis_password_file: Option<PathBuf>,
     /// How long the lease of the instance calling the upstream for a resource lasts unless
-    /// renewed: after it dies, another instance takes over within this time. Also how soon the
-    /// instances fall back to calls of their own when Redis stops answering.
+    /// renewed: after it dies, another instance takes over within this time. A third of it is
+    /// how long a Redis command may take before the instances fall back to calls of their own.
     #[arg(long, env = "SSE_BFF_LEASE_TTL", default_value = "5s", value_parser = parse_lease_ttl)]
     pub lease_ttl: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("redis_password_file", &self.redis_password_file)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
 }
 
 fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
@@ -93,7 +103,11 @@ pub enum ClusterError {
 /// holds and the resources it has viewers of.
 #[derive(Debug)]
 pub struct Cluster {
-    manager: ConnectionManager,
+    /// The connection for every command but the reader's; replaced when it stops answering
+    /// (a half-open connection would otherwise time out every command until the kernel gives
+    /// up on it).
+    manager: RwLock<ConnectionManager>,
+    client: Client,
     /// `<uuid>`: this instance in fencing tokens.
     instance: String,
     lease_ttl: Duration,
@@ -123,8 +137,9 @@ struct Local {
 struct Opened {
     /// The entries after the resume point that Redis has.
     backlog: StreamRangeReply,
-    /// Whether entries after the resume point were trimmed away: it cannot be served.
-    gone: bool,
+    /// The id of the newest event trimmed away (0: none): a resume point below it is gone (the
+    /// same rule as the hub's log).
+    trimmed: u64,
 }
 
 impl Cluster {
@@ -151,16 +166,11 @@ impl Cluster {
         }
         let client = Client::open(info).map_err(|e| ClusterError::Url(describe(&e)))?;
         let ttl = config.lease_ttl;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(ttl / 3))
-            .set_response_timeout(Some(ttl / 3))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(ttl / 5);
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(ttl))
             .map_err(|e| ClusterError::Url(describe(&e)))?;
         let cluster = Arc::new(Self {
-            manager,
+            manager: RwLock::new(manager),
+            client: client.clone(),
             instance: uuid::Uuid::new_v4().simple().to_string(),
             lease_ttl: ttl,
             healthy: watch::channel(false).0,
@@ -174,6 +184,11 @@ impl Cluster {
         cluster.metrics.cluster_degraded(true);
         // The first answer decides how the instance starts.
         cluster.check().await;
+        if !cluster.is_healthy() {
+            tracing::warn!(
+                "cluster degraded from the start: Redis does not answer; every instance calls the upstream itself until it does"
+            );
+        }
         let weak = Arc::downgrade(&cluster);
         let trouble = move |error: &RedisError| {
             if let Some(cluster) = weak.upgrade() {
@@ -195,23 +210,42 @@ impl Cluster {
         if self.is_healthy() { "ok" } else { "degraded" }
     }
 
-    /// One `PING`: healthy or degraded, with one log line and the metric per change.
+    /// This instance's connection for commands.
+    fn redis(&self) -> ConnectionManager {
+        self.manager.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Healthy when Redis takes a write (a key of this instance's own, expiring): a Redis that
+    /// answers `PING` but refuses writes (out of memory, a read-only replica, loading, no
+    /// permission) is no use to the cluster. One log line and the metric per change. A
+    /// connection that timed out is replaced.
     async fn check(&self) {
-        let mut manager = self.manager.clone();
-        let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut manager).await;
-        match ping {
-            Ok(_) => self.set_healthy(true, None),
-            Err(error) => self.set_healthy(false, Some(&error)),
+        let mut manager = self.redis();
+        let alive = format!("sse-bff:alive:{}", self.instance);
+        let ttl = (self.lease_ttl * 2).as_millis() as u64;
+        let written: redis::RedisResult<()> =
+            redis::cmd("SET").arg(&alive).arg(1).arg("PX").arg(ttl).query_async(&mut manager).await;
+        match written {
+            Ok(()) => self.set_healthy(true, None),
+            Err(error) => {
+                let fresh =
+                    || ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config(self.lease_ttl));
+                if error.is_timeout()
+                    && let Ok(fresh) = fresh()
+                {
+                    *self.manager.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+                }
+                self.set_healthy(false, Some(&error));
+            }
         }
     }
 
-    /// A Redis command failed: the cluster is degraded until a `PING` answers again.
+    /// A Redis command failed: the cluster is degraded until Redis takes a write again. Every
+    /// command the cluster sends is one Redis should take, so any failure counts (a refused
+    /// write as much as a lost connection): falling back to the instances' own calls is always
+    /// safe, and waiting on a Redis that refuses would leave viewers without events.
     fn trouble(&self, error: &RedisError) {
-        if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() || error.is_connection_refusal() {
-            self.set_healthy(false, Some(error));
-        } else {
-            tracing::warn!(error = %describe(error), "cluster: Redis refused a command");
-        }
+        self.set_healthy(false, Some(error));
     }
 
     fn set_healthy(&self, healthy: bool, error: Option<&RedisError>) {
@@ -219,6 +253,10 @@ impl Cluster {
             return;
         }
         self.metrics.cluster_degraded(!healthy);
+        if !healthy {
+            // Followers fall back at once rather than when their reads fail.
+            self.reader.fail_all("the cluster is degraded: Redis does not answer");
+        }
         match error {
             None => tracing::info!("cluster: Redis answers; resources are shared across instances again"),
             Some(error) => tracing::warn!(
@@ -241,22 +279,44 @@ impl Cluster {
         settings.keep_finished.max(settings.linger) + self.lease_ttl * 3
     }
 
-    /// Reads what a follower starting after `after` gets now.
-    async fn open(&self, keys: &Keys, after: u64, replay: usize) -> redis::RedisResult<Opened> {
-        let mut manager = self.manager.clone();
+    /// Reads what a follower starting after `after` gets now. For a route `numbered` by the BFF
+    /// it also raises the resource's floor to `after` (see `OPEN`), for `floor_ttl`.
+    async fn open(
+        &self,
+        keys: &Keys,
+        after: u64,
+        replay: usize,
+        numbered: bool,
+        floor_ttl: Duration,
+    ) -> redis::RedisResult<Opened> {
+        let mut manager = self.redis();
         let count = (replay + 256).min(20_000);
         let (trimmed, backlog): (String, StreamRangeReply) = self
             .scripts
             .open
             .key(&keys.stream)
+            .key(&keys.floor)
             .arg(EntryId(after, 0).to_string())
             .arg(count)
+            .arg(after)
+            .arg(floor_ttl.as_millis() as u64)
+            .arg(if numbered { "1" } else { "0" })
             .invoke_async(&mut manager)
             .await?;
-        // Gone when something after the point was trimmed (the same rule as the hub's log).
-        let gone = after > 0 && EntryId::parse(&trimmed).is_some_and(|trimmed| trimmed.0 > after);
-        Ok(Opened { backlog, gone })
+        let trimmed = EntryId::parse(&trimmed).map_or(0, |trimmed| trimmed.0);
+        Ok(Opened { backlog, trimmed })
     }
+}
+
+/// How the command connection reconnects and how long it waits: about a third of the lease
+/// TTL, so that a Redis gone quiet is noticed within the TTL.
+fn manager_config(ttl: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(ttl / 3))
+        .set_response_timeout(Some(ttl / 3))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(ttl / 5)
 }
 
 /// A Redis error as one line, without the URL or anything secret (the crate's messages name

@@ -32,6 +32,11 @@ impl EventKind {
     /// A `reset` event in the middle of a stream (cluster mode): the events before it came from
     /// an upstream call that another instance's call replaced, and what follows starts over.
     pub const RESET: Self = Self { name: "reset", terminal: false };
+    /// Not an event but a note for the hub, never written to a viewer: the events up to this
+    /// one's id are gone from where the stream comes from (the cluster's Redis stream trimmed
+    /// them), so the hub's log must not answer a resume point below it. Its name cannot be a
+    /// route's (`~` is not allowed in names).
+    pub const TRIMMED: Self = Self { name: "~trimmed", terminal: false };
 
     /// A kind named `name`; `None` when the name is not 1 to 64 bytes of `[A-Za-z0-9_.-]`.
     pub fn new(name: &'static str, terminal: bool) -> Option<Self> {

@@ -45,7 +45,7 @@ pub(super) async fn hold(
         cluster.trouble(&error);
     }
     cluster.metrics.cluster_leases(-1);
-    let mut manager = cluster.manager.clone();
+    let mut manager = cluster.redis();
     let released: redis::RedisResult<i64> =
         cluster.scripts.release.key(&keys.lease).arg(&token).invoke_async(&mut manager).await;
     if let Err(error) = released {
@@ -63,11 +63,12 @@ struct Holder<'a> {
 
 impl Holder<'_> {
     async fn run(&self, resource: SharedResource, call: Call, cancel: CancellationToken) -> Result<(), Stop> {
-        let (mut last, ended) = self.last(&resource).await.map_err(Stop::Redis)?;
+        let numbered = !resource.resumable() && resource.numbered_by_bff();
+        let (mut last, ended) = self.last(&resource, numbered).await.map_err(Stop::Redis)?;
         if ended {
             return Ok(());
         }
-        if last > 0 && !resource.resumable() && resource.numbered_by_bff() {
+        if last > 0 && numbered {
             // The calls before were numbered by whoever held the lease: start over visibly.
             last += 1;
             let reset = StreamEvent::new(last, EventKind::RESET, br#"{"reason":"upstream call restarted"}"#, None);
@@ -107,9 +108,14 @@ impl Holder<'_> {
                                 failed = true;
                                 entries.push(Appended::Failed(last, error));
                             }
-                            // This reader fell out of a `log` route's replay log: what follows
-                            // is after a gap, as for any viewer that fell behind.
-                            Delivery::Reset => {}
+                            // This holder fell behind its own call (Redis slower than the
+                            // upstream): let go, so that a new holder starts again from the
+                            // stream's last event, where nothing is missing.
+                            Delivery::Reset => {
+                                tracing::warn!(resource = %self.keys.base, "cluster: the holder fell behind its upstream call; handing the lease over");
+                                self.append(&entries, Ending::Live).await?;
+                                return Ok(());
+                            }
                         }
                         if ended {
                             break;
@@ -124,9 +130,17 @@ impl Holder<'_> {
         }
     }
 
-    /// The stream's last event id, and whether the stream has ended.
-    async fn last(&self, resource: &SharedResource) -> redis::RedisResult<(u64, bool)> {
-        let mut manager = self.cluster.manager.clone();
+    /// The stream's last event id, and whether the stream has ended. For a route `numbered` by
+    /// the BFF, at least the floor: the highest id a follower asked to resume after, which a
+    /// stream that expired or was lost with Redis no longer shows.
+    async fn last(&self, resource: &SharedResource, numbered: bool) -> redis::RedisResult<(u64, bool)> {
+        let mut manager = self.cluster.redis();
+        let floor = if numbered {
+            let floor: Option<u64> = redis::cmd("GET").arg(&self.keys.floor).query_async(&mut manager).await?;
+            floor.unwrap_or(0)
+        } else {
+            0
+        };
         let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(&self.keys.stream)
             .arg("+")
@@ -135,19 +149,20 @@ impl Holder<'_> {
             .arg(1)
             .query_async(&mut manager)
             .await?;
-        let Some(entry) = newest.ids.first() else { return Ok((0, false)) };
+        let Some(entry) = newest.ids.first() else { return Ok((floor, false)) };
         let kind = |name: &str| super::resource::kind_of(resource, name);
-        Ok(match keys::decode(&entry.id, &entry.map, &kind) {
+        let (last, ended) = match keys::decode(&entry.id, &entry.map, &kind) {
             Ok((id, entry)) => (id.0, entry.ends()),
             // Unreadable (another version wrote it): numbered on after it, never reused.
             Err(_) => (keys::EntryId::parse(&entry.id).map_or(0, |id| id.0), false),
-        })
+        };
+        Ok((last.max(floor), ended))
     }
 
     /// Renews the lease: `false` when it is gone (another instance has it) or was let go (no
     /// instance has viewers).
     async fn renew(&self) -> Result<bool, Stop> {
-        let mut manager = self.cluster.manager.clone();
+        let mut manager = self.cluster.redis();
         let renewed: i64 = self
             .cluster
             .scripts
@@ -198,7 +213,7 @@ impl Holder<'_> {
         for arg in &args {
             invocation.arg(arg.as_slice());
         }
-        let mut manager = self.cluster.manager.clone();
+        let mut manager = self.cluster.redis();
         let added: i64 = invocation.invoke_async(&mut manager).await.map_err(Stop::Redis)?;
         if added < 0 {
             tracing::warn!(resource = %self.keys.base, "cluster: fenced off (the lease passed to another instance); stopping the upstream call");

@@ -5,6 +5,7 @@
 use std::sync::{Arc, PoisonError};
 
 use super::{Cluster, Local, holder, keys::Keys};
+
 use crate::{
     hub::HubSettings,
     upstream::{Call, SharedResource},
@@ -25,21 +26,31 @@ impl Cluster {
             if !self.is_healthy() {
                 continue;
             }
-            let wanted: Vec<Keys> = self.locals().into_iter().map(|(keys, _)| keys).collect();
+            let wanted = self.locals();
             if wanted.is_empty() {
                 continue;
             }
+            // One round trip for every resource: refresh the interest, and ask whether a lease
+            // exists for those not held here.
             let mut pipe = redis::pipe();
             let interest_ttl = (self.lease_ttl * 2).as_millis() as u64;
-            for keys in &wanted {
+            let mut unheld = Vec::new();
+            for (keys, held) in &wanted {
                 pipe.cmd("SET").arg(&keys.interest).arg(1).arg("PX").arg(interest_ttl).ignore();
+                if !held {
+                    pipe.cmd("EXISTS").arg(&keys.lease);
+                    unheld.push(keys);
+                }
             }
-            let mut manager = self.manager.clone();
-            if let Err(error) = pipe.query_async::<()>(&mut manager).await {
-                self.trouble(&error);
-                continue;
-            }
-            for keys in wanted {
+            let mut manager = self.redis();
+            let leased: Vec<bool> = match pipe.query_async(&mut manager).await {
+                Ok(leased) => leased,
+                Err(error) => {
+                    self.trouble(&error);
+                    continue;
+                }
+            };
+            for (keys, _) in unheld.into_iter().zip(leased).filter(|(_, leased)| !leased) {
                 self.try_hold(&keys.base).await;
             }
         }
@@ -58,7 +69,7 @@ impl Cluster {
         }
         let ttl = self.lease_ttl.as_millis() as u64;
         let fence_ttl = self.live_ttl(&settings).as_millis() as u64 * 4;
-        let mut manager = self.manager.clone();
+        let mut manager = self.redis();
         let taken: redis::RedisResult<Option<String>> = self
             .scripts
             .acquire
@@ -112,7 +123,7 @@ impl Cluster {
             let cluster = Arc::clone(self);
             let keys = keys.clone();
             tokio::spawn(async move {
-                let mut manager = cluster.manager.clone();
+                let mut manager = cluster.redis();
                 let ttl = (cluster.lease_ttl * 2).as_millis() as u64;
                 let set: redis::RedisResult<()> =
                     redis::cmd("SET").arg(&keys.interest).arg(1).arg("PX").arg(ttl).query_async(&mut manager).await;

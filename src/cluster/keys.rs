@@ -1,15 +1,17 @@
 //! What the cluster keeps in Redis, and how: the key names of a shared resource (hashed, so
 //! that no tenant, user, token or parameter appears in clear) and the entries of its stream.
 //!
-//! One shared resource (a [`crate::hub::ShareKey`]: route, parameters, tenant, user) is four
-//! keys under one hash tag, so that a Redis Cluster keeps them in one slot for the scripts:
+//! One shared resource (a [`crate::hub::ShareKey`]: route, parameters, tenant, user) is a few
+//! keys with one prefix (in braces, a hash tag: they would share a slot, but the client speaks
+//! to one Redis server, not to a Redis Cluster):
 //!
 //! | key | holds | expires |
 //! |---|---|---|
-//! | `sse-bff:{h}:events` | the stream: one entry per event, then an end marker if it failed | `--keep-finished` after the end; while live, refreshed by the holder |
+//! | `sse-bff:{h}:events` | the stream: one entry per event, then an end marker if it failed | `--keep-finished` after the terminal event, `--lease-ttl` (at most) after a failure; while live, refreshed by the holder |
 //! | `sse-bff:{h}:lease` | the holder's fencing token `<n>:<instance>` | `--lease-ttl`, renewed by the holder |
-//! | `sse-bff:{h}:fence` | the counter `<n>` of fencing tokens | with the stream |
+//! | `sse-bff:{h}:fence` | the counter `<n>` of fencing tokens | four times the live stream's TTL after the last lease was taken |
 //! | `sse-bff:{h}:interest` | `1` while some instance has viewers | twice `--lease-ttl`, refreshed by every such instance |
+//! | `sse-bff:{h}:floor` | routes numbered by the BFF: the highest id a follower asked to resume after | the live stream's TTL after that |
 //!
 //! `h` is the first 128 bits of the SHA-256 of the share key's fields, in hex.
 //!
@@ -46,6 +48,8 @@ pub(super) struct Keys {
     pub fence: String,
     /// Whether any instance has viewers.
     pub interest: String,
+    /// The highest id followers of a route numbered by the BFF have.
+    pub floor: String,
 }
 
 impl Keys {
@@ -81,6 +85,7 @@ impl Keys {
             lease: format!("{base}:lease"),
             fence: format!("{base}:fence"),
             interest: format!("{base}:interest"),
+            floor: format!("{base}:floor"),
             base,
         }
     }
@@ -185,7 +190,7 @@ mod tests {
     fn keys_hide_who_and_what_and_share_one_slot() {
         let params = [("document_id".to_owned(), "doc-secret".to_owned())];
         let keys = Keys::new("/documents/{document_id}/progress", &params, Some("acme"), Some("alice"));
-        for key in [&keys.stream, &keys.lease, &keys.fence, &keys.interest] {
+        for key in [&keys.stream, &keys.lease, &keys.fence, &keys.interest, &keys.floor] {
             assert!(key.starts_with(&keys.base), "{key}");
             for secret in ["doc-secret", "acme", "alice", "documents"] {
                 assert!(!key.contains(secret), "{key} shows {secret}");

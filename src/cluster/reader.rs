@@ -27,7 +27,7 @@ use super::keys::EntryId;
 pub(super) type Batch = Result<Vec<StreamId>, String>;
 
 /// How long one `XREAD` blocks when nothing comes; new followers wake it earlier.
-const BLOCK: Duration = Duration::from_secs(2);
+const BLOCK: Duration = Duration::from_millis(500);
 /// Entries one `XREAD` returns per stream at most.
 const COUNT: usize = 256;
 /// Batches a follower may have unread before it is dropped.
@@ -54,8 +54,9 @@ struct Follower {
 
 impl Reader {
     /// Follows `stream` after `cursor`: the receiver gets every later entry, in order.
-    /// `manager` wakes the blocked reader when the stream is new to it.
-    pub fn follow(&self, stream: &str, cursor: EntryId, manager: &ConnectionManager) -> mpsc::Receiver<Batch> {
+    /// `manager` wakes the reader if it waits in `XREAD` (a wake-up that arrives before the read
+    /// is lost; the read then ends after `BLOCK`).
+    pub fn follow(&self, stream: &str, cursor: EntryId, manager: ConnectionManager) -> mpsc::Receiver<Batch> {
         let (sender, receiver) = mpsc::channel(FOLLOWER_QUEUE);
         self.lock().entry(stream.to_owned()).or_default().push(Follower { cursor, sender });
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -63,7 +64,7 @@ impl Reader {
         let id = self.client_id.load(Ordering::SeqCst);
         if id > 0 && self.blocked.load(Ordering::SeqCst) {
             // The reader waits on what it knew before: make it look again now.
-            let mut manager = manager.clone();
+            let mut manager = manager;
             tokio::spawn(async move {
                 let unblocked: redis::RedisResult<i64> =
                     redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut manager).await;
@@ -93,7 +94,8 @@ impl Reader {
 
     /// Hands out what one `XREAD` after `from` returned. A follower gets entries only from a
     /// read that started at or before its cursor (one that came later waits for the next read,
-    /// which starts at its cursor): nothing between is skipped.
+    /// which starts at its cursor): nothing between is skipped, unless Redis trimmed it first
+    /// (a follower that far behind was dropped long before: its queue holds 64 batches).
     fn dispatch(&self, reply: StreamReadReply, from: &[(String, EntryId)]) {
         let mut followers = self.lock();
         for stream in reply.keys {
@@ -119,7 +121,7 @@ impl Reader {
     }
 
     /// Tells every follower that reading stopped, and forgets them all.
-    fn fail_all(&self, reason: &str) {
+    pub fn fail_all(&self, reason: &str) {
         let mut followers = self.lock();
         for follower in followers.drain().flat_map(|(_, list)| list) {
             let _ = follower.sender.try_send(Err(reason.to_owned()));

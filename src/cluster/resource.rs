@@ -8,7 +8,7 @@ use tonic::Code;
 
 use super::{Cluster, interest::Interest, keys};
 use crate::{
-    event::EventKind,
+    event::{EventKind, StreamEvent},
     hub::{HubSettings, ShareScope},
     routes::Retention,
     upstream::{Call, EventStream, ParamRejected, Resource, SharedResource, UpstreamError},
@@ -45,21 +45,30 @@ impl Clustered {
     /// receives. `Ok(None)` when the point was trimmed away.
     async fn follow(self: &Arc<Self>, call: &Call, after: u64) -> redis::RedisResult<Option<EventStream>> {
         let keys = self.keys(call);
-        let opened = self.cluster.open(&keys, after, self.settings.replay).await?;
-        if opened.gone {
+        let numbered = self.inner.numbered_by_bff() && !self.inner.resumable();
+        let floor_ttl = self.cluster.live_ttl(&self.settings);
+        let opened = self.cluster.open(&keys, after, self.settings.replay, numbered, floor_ttl).await?;
+        if after > 0 && opened.trimmed > after {
             return Ok(None);
         }
+        // From the first event, but Redis no longer has the first ones: the hub's log must not
+        // answer resume points that were trimmed away.
+        let trimmed =
+            (opened.trimmed > after).then(|| StreamEvent::new(opened.trimmed, EventKind::TRIMMED, b"{}", None));
         let interest = self.cluster.interest(&keys, &self.inner, call, &self.settings);
         let mut cursor = keys::EntryId(after, 0);
         let backlog = opened.backlog.ids;
         if let Some(newest) = backlog.last().and_then(|entry| keys::EntryId::parse(&entry.id)) {
             cursor = cursor.max(newest);
         }
-        let mut batches = self.cluster.reader.follow(&keys.stream, cursor, &self.cluster.manager);
+        let mut batches = self.cluster.reader.follow(&keys.stream, cursor, self.cluster.redis());
         let resource = Arc::clone(self);
         let events = async_stream::stream! {
             let _interest: Interest = interest;
             let kind = |name: &str| kind_of(&resource.inner, name);
+            if let Some(trimmed) = trimmed {
+                yield Ok(trimmed);
+            }
             let mut pending = backlog;
             loop {
                 for entry in pending.drain(..) {

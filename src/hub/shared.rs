@@ -138,12 +138,16 @@ impl SharedCall {
                 (Some(End::Failed(error)), _) | (None, Some(error)) => Attach::Failed(error.clone()),
                 (Some(End::Terminal), _) => Attach::Failed(UpstreamError::ended_early()),
                 (Some(End::Cancelled), _) => Attach::Gone,
-                // Connected, but the upstream has not sent anything yet: stream what comes.
-                (None, None) => self.ready(&state, Vec::new(), resume.unwrap_or(0), false, from_start),
+                // Connected, but the upstream has not sent anything yet: stream what comes. A
+                // resume point is checked against the log once events arrive (`viewer.rs`).
+                (None, None) => {
+                    let unchecked = resume.is_some() && from_start.is_none();
+                    self.ready(&state, Vec::new(), resume.unwrap_or(0), false, from_start, unchecked)
+                }
             };
         };
         if from_start.is_some() {
-            return self.ready(&state, Vec::new(), resume.unwrap_or(0), false, from_start);
+            return self.ready(&state, Vec::new(), resume.unwrap_or(0), false, from_start, false);
         }
         let finished = matches!(state.end, Some(End::Terminal));
         let backlog: Vec<_> = match resume {
@@ -155,7 +159,7 @@ impl SharedCall {
             // how the call ended.
             Some(after) if finished && after > latest.id => {
                 let current = vec![Arc::clone(latest)];
-                return self.ready(&state, current, 0, true, None);
+                return self.ready(&state, current, 0, true, None, false);
             }
             // Ahead of a live call (another instance, or a call that started over, is a little
             // ahead): wait for what comes after it. If the call ends below it, the viewer gets
@@ -168,7 +172,7 @@ impl SharedCall {
         if let (Some(End::Failed(error)), true) = (&state.end, backlog.is_empty()) {
             return Attach::Failed(error.clone());
         }
-        self.ready(&state, backlog, resume.unwrap_or(0), false, None)
+        self.ready(&state, backlog, resume.unwrap_or(0), false, None, false)
     }
 
     fn ready(
@@ -178,12 +182,14 @@ impl SharedCall {
         cursor: u64,
         reset: bool,
         from_start: Option<Receiver>,
+        unchecked: bool,
     ) -> Attach {
         self.viewers.send_modify(|n| *n += 1);
         self.viewer_gauge.inc();
         let guard = ViewerGuard { shared: Arc::clone(self) };
         let live = from_start.or_else(|| state.live.as_ref().map(broadcast::Sender::subscribe));
-        Attach::Ready(Subscription::Live { reset, events: ViewerStream::attached(guard, backlog, live, cursor) })
+        let events = ViewerStream::attached(guard, backlog, live, cursor, unchecked);
+        Attach::Ready(Subscription::Live { reset, events })
     }
 
     /// The stream of the one reader of a call of its own that holds the receiver `from_start`
@@ -195,7 +201,7 @@ impl SharedCall {
         self.viewer_gauge.inc();
         let guard = ViewerGuard { shared: Arc::clone(self) };
         drop(state);
-        ViewerStream::attached(guard, Vec::new(), Some(from_start), after)
+        ViewerStream::attached(guard, Vec::new(), Some(from_start), after, false)
     }
 
     /// A fresh receiver and the events after `cursor`, for a viewer of a `log` route that fell
@@ -211,6 +217,12 @@ impl SharedCall {
             Some(latest) => (receiver, Some(latest).filter(|e| e.id > cursor).cloned().into_iter().collect(), true),
             None => (receiver, Vec::new(), false),
         }
+    }
+
+    /// The id of the newest event that left the log (0: none did), or that the upstream no
+    /// longer has (see [`crate::event::EventKind::TRIMMED`]).
+    pub(super) fn dropped(&self) -> u64 {
+        self.lock().dropped
     }
 
     /// Whether a viewer that falls behind catches up from the log (`log` retention).

@@ -233,3 +233,38 @@ async fn transient_failures_are_retried_with_backoff_until_the_retry_budget_then
     let opened = fake.opened.load(Ordering::SeqCst);
     assert!((5..=20).contains(&opened), "{opened} calls in the budget");
 }
+
+/// A viewer resuming at 3 attaches (after the first-event wait) before the call has any event;
+/// then the source says events up to 6 are gone (the cluster's Redis trimmed them) and sends 7
+/// to 10. The viewer cannot have 4 to 6: it is told so before it gets anything.
+#[tokio::test(start_paused = true)]
+async fn a_resume_point_that_turns_out_to_be_gone_after_attaching_gets_reset() {
+    let (hub, feed) = hub(Retention::State, 8);
+    let subscribed = hub.subscribe(call(), Some(3)).await.unwrap();
+    let Subscription::Live { reset: false, events } = subscribed else { panic!("a live call, not reset yet") };
+    feed.send(Ok(StreamEvent::new(6, EventKind::TRIMMED, b"{}", None))).unwrap();
+    (7..=10).for_each(|id| feed.send(event(id)).unwrap());
+    let got: Vec<String> = events
+        .map(|delivery| match delivery {
+            Delivery::Event(e) => e.id.to_string(),
+            Delivery::Reset => "reset".to_owned(),
+            Delivery::Failed(e) => format!("failed: {e}"),
+        })
+        .collect()
+        .await;
+    assert_eq!(got.first().map(String::as_str), Some("reset"), "{got:?}");
+    assert_eq!(got.last().map(String::as_str), Some("10"), "{got:?}");
+}
+
+/// The same note before any viewer came: a resume point below it needs a call of its own
+/// (here, a route that cannot resume: `reset`), and is never served from the log with a gap.
+#[tokio::test(start_paused = true)]
+async fn the_log_never_answers_a_resume_point_the_source_no_longer_has() {
+    let (hub, _, feeds) = scripted(Retention::State, 8, settings(), vec![Ok(()), Ok(())]);
+    feeds[0].send(Ok(StreamEvent::new(6, EventKind::TRIMMED, b"{}", None))).unwrap();
+    (7..=8).for_each(|id| feeds[0].send(event(id)).unwrap());
+    let Subscription::Live { reset, .. } = hub.subscribe(call(), Some(3)).await.unwrap() else { panic!("live") };
+    assert!(reset, "3 is below what the source still has");
+    let Subscription::Live { reset, .. } = hub.subscribe(call(), Some(7)).await.unwrap() else { panic!("live") };
+    assert!(!reset, "7 is in the log");
+}

@@ -55,18 +55,22 @@ impl ViewerStream {
     }
 
     /// The stream of a viewer attached to a shared call, starting after `cursor`: `backlog`
-    /// first, then what `live` receives.
+    /// first, then what `live` receives. `unchecked`: the viewer resumes at `cursor` but
+    /// attached before the call had events, so the log could not tell whether the point can be
+    /// replayed; once events arrive, a point below what the log still has gets `reset` first.
     pub(super) fn attached(
         guard: ViewerGuard,
         backlog: Vec<Arc<StreamEvent>>,
         live: Option<Receiver<Arc<StreamEvent>>>,
         cursor: u64,
+        unchecked: bool,
     ) -> Self {
         let events = async_stream::stream! {
             let shared = guard.shared();
             let mut cursor = cursor;
             let mut backlog = backlog;
             let mut live = live;
+            let mut unchecked = unchecked;
             loop {
                 for event in backlog.drain(..) {
                     cursor = event.id;
@@ -80,6 +84,9 @@ impl ViewerStream {
                     Some(receiver) => receiver.recv().await,
                     None => Err(RecvError::Closed),
                 };
+                if std::mem::take(&mut unchecked) && shared.dropped() > cursor {
+                    yield Delivery::Reset;
+                }
                 match received {
                     Ok(event) if event.id <= cursor => {}
                     Ok(event) => backlog.push(event),

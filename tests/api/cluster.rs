@@ -46,16 +46,19 @@ impl Redis {
         self.addr
     }
 
+    /// What `redis-cli` answers to `args`.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     /// Every entry id of a stream key matching `pattern`, in order.
     fn entry_ids(&self, pattern: &str) -> Vec<String> {
-        let cli = |args: &[&str]| {
-            let out = std::process::Command::new("redis-cli")
-                .args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string()])
-                .args(args)
-                .output()
-                .expect("redis-cli runs");
-            String::from_utf8_lossy(&out.stdout).to_string()
-        };
+        let cli = |args: &[&str]| self.cli(args);
         let keys = cli(&["--scan", "--pattern", pattern]);
         let key = keys.lines().next().expect("the stream exists").to_owned();
         cli(&["XRANGE", &key, "-", "+"])
@@ -234,39 +237,33 @@ async fn when_the_holder_dies_a_survivor_resumes_the_call_and_nobody_loses_an_ev
     assert_eq!(calls_before + calls_after, 2.0, "the first call, and one that resumed it");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_without_a_resume_field_resumes_on_another_instance_from_redis() {
-    let redis = Redis::start(free_addr());
-    let sim_addr = free_addr();
-    let (listen, descriptors, builds) = (sim_addr.to_string(), fixture("routes/builds.binpb"), fixture("builds"));
+/// The simulator playing the CI build log at `speed`, and a routes file for it whose route has
+/// `id_line` (`id = "offset"`, or nothing: numbered by the BFF) and no resume field.
+async fn builds_upstream(speed: &str, id_line: &str) -> (Binary, String) {
+    let listen = free_addr().to_string();
+    let (descriptors, builds) = (fixture("routes/builds.binpb"), fixture("builds"));
     let (descriptors, builds) = (descriptors.display().to_string(), builds.display().to_string());
-    let sim = Binary::start(
-        &[
-            "upstream-sim",
-            "--listen",
-            &listen,
-            "--descriptor-set",
-            &descriptors,
-            "--scripts",
-            &builds,
-            "--speed",
-            "0.5",
-        ],
-        &[],
-    )
-    .await;
+    let args =
+        ["upstream-sim", "--listen", &listen, "--descriptor-set", &descriptors, "--scripts", &builds, "--speed", speed];
+    let sim = Binary::start(&args, &[]).await;
     let routes = crate::helpers::temp_file(
         "cluster-routes.toml",
         &format!(
             "[[upstream]]\nname = \"ci\"\nurls = [\"http://{}\"]\ndescriptors = \"{descriptors}\"\n\n\
              [[route]]\npath = \"/projects/{{project}}/builds/{{build_number}}/log\"\nupstream = \"ci\"\n\
-             method = \"ci.v1.Builds/WatchBuild\"\nid = \"offset\"\nretention = \"log\"\nreplay = 1000\n\
+             method = \"ci.v1.Builds/WatchBuild\"\n{id_line}\nretention = \"log\"\nreplay = 1000\n\
              event = {{ oneof = \"kind\" }}\nterminal = [\"finished\"]\n\
              params = {{ project = \"^[a-z0-9.-]{{1,64}}$\", build_number = \"^[0-9]{{1,12}}$\" }}\n",
             sim.addr
         ),
     );
-    let routes = routes.display().to_string();
+    (sim, routes.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_a_resume_field_resumes_on_another_instance_from_redis() {
+    let redis = Redis::start(free_addr());
+    let (_sim, routes) = builds_upstream("0.5", "id = \"offset\"").await;
     let args = ["--insecure-no-auth", "--redis", &redis.url(), "--lease-ttl", "1s", "--routes", &routes];
     let first = Binary::start(&[&["serve", "--listen", "127.0.0.1:0"][..], &args[..]].concat(), &[]).await;
     let second = Binary::start(&[&["serve", "--listen", "127.0.0.1:0"][..], &args[..]].concat(), &[]).await;
@@ -403,4 +400,93 @@ async fn a_holder_paused_past_its_lease_is_fenced_off_when_it_wakes() {
     let numbers: Vec<u64> = entries.iter().filter_map(|e| e.strip_suffix("-0")?.parse().ok()).collect();
     let first = numbers.first().copied().unwrap_or(0);
     assert_eq!(numbers, (first..=31).collect::<Vec<_>>(), "the stream holds each event once, in order: {entries:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_point_redis_trimmed_away_is_not_served_with_a_gap() {
+    let redis = Redis::start(free_addr());
+    let listen = free_addr().to_string();
+    // An endless job at 200 updates/s: Redis keeps about the last 2 + 64 of them.
+    let sim = Binary::start(&["upstream-sim", "--listen", &listen, "--steady-rate", "200"], &[]).await;
+    let cluster = instances(2, sim.addr, &redis.url(), &["--replay-log", "2"]).await;
+    let path = format!("/documents/steady.{}/progress", uuid::Uuid::new_v4().simple());
+    let mut first = Viewer::open(cluster[0].url(&path), Some(0)).await;
+    while first.next().await.expect("events").0 < 300 {}
+    drop(first);
+    // Event 10 left Redis long ago: the other instance must not answer from what Redis still
+    // has (a silent gap) but resume the upstream call at 10 (the route has a resume field).
+    let mut moved = Viewer::open(cluster[1].url(&path), Some(10)).await;
+    let (id, name) = moved.next().await.expect("an event");
+    let all: Vec<&Binary> = cluster.iter().collect();
+    if name == "reset" {
+        // The instance attached the viewer before Redis answered (a loaded machine, past the
+        // first-event wait): it could only learn afterwards that the point is gone, and says so.
+        return;
+    }
+    assert_eq!((id, name.as_str()), (11, "progress"), "the event after the resume point");
+    assert_eq!(upstream_calls(&all).await, 2.0, "the shared call, and one that resumed at 10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_writes_degrades_the_cluster_and_nobody_waits_on_it() {
+    let redis = Redis::start(free_addr());
+    let sim = Binary::sim(free_addr(), 10.0).await;
+    let cluster = instances(2, sim.addr, &redis.url(), &[]).await;
+    let path = format!("/documents/{}/progress", fresh("slow"));
+    let mut viewers = Vec::new();
+    for instance in &cluster {
+        viewers.push(Viewer::open(instance.url(&path), Some(0)).await);
+    }
+    let mut seen = vec![Vec::new(); viewers.len()];
+    for (viewer, ids) in viewers.iter_mut().zip(&mut seen) {
+        ids.push(viewer.next().await.expect("a first event").0);
+    }
+    // Out of memory with `noeviction`: Redis answers PING but refuses every write.
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    for (viewer, ids) in viewers.iter_mut().zip(&mut seen) {
+        for _ in 0..6 {
+            ids.push(viewer.next().await.expect("events while Redis refuses writes").0);
+        }
+    }
+    for instance in &cluster {
+        let body: serde_json::Value = reqwest::get(instance.url("/readyz")).await.unwrap().json().await.unwrap();
+        assert_eq!(body["cluster"], "degraded");
+    }
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    for (viewer, ids) in viewers.iter_mut().zip(&mut seen) {
+        assert_eq!(viewer.read_all(ids).await.as_deref(), Some("completed"));
+        assert_whole(ids, "a viewer while Redis refused writes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_numbered_by_the_bff_goes_on_after_redis_comes_back_empty() {
+    let redis = Redis::start(free_addr());
+    let (_sim, routes) = builds_upstream("0.2", "").await;
+    let args = ["--insecure-no-auth", "--redis", &redis.url(), "--lease-ttl", "1s", "--routes", &routes];
+    let instance = Binary::start(&[&["serve", "--listen", "127.0.0.1:0"][..], &args[..]].concat(), &[]).await;
+    let path = format!("/projects/{}/builds/42/log", fresh("web"));
+    let mut viewer = Viewer::open(instance.url(&path), None).await;
+    let mut names = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (id, name) = viewer.next().await.expect("an early line");
+        ids.push(id);
+        names.push(name);
+    }
+    let addr = redis.kill();
+    // The instance's own call starts the job over and numbers on from 3, past the 14 lines the
+    // job has; Redis then comes back with nothing in it, before that call ends.
+    while ids.last().is_some_and(|id| *id < 15) {
+        let (id, name) = viewer.next().await.expect("a line while Redis is gone");
+        ids.push(id);
+        names.push(name);
+    }
+    let _redis = Redis::start(addr);
+    while let Some((id, name)) = viewer.next().await {
+        ids.push(id);
+        names.push(name);
+    }
+    assert_eq!(names.last().map(String::as_str), Some("finished"), "the stream ends, it does not stall: {names:?}");
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "ids only go up: {ids:?}");
 }

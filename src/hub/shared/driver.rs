@@ -17,7 +17,7 @@ use tonic::Code;
 
 use super::{End, Receiver, SharedCall, State};
 use crate::{
-    event::StreamEvent,
+    event::{EventKind, StreamEvent},
     hub::HubSettings,
     routes::Retention,
     upstream::{Call, EventStream, SharedResource, UpstreamError},
@@ -163,6 +163,10 @@ impl SharedCall {
             let first = state.log.is_empty();
             state.retrying = None;
             for event in batch {
+                if event.kind == EventKind::TRIMMED {
+                    state.dropped = state.dropped.max(event.id);
+                    continue;
+                }
                 if event.id <= *last || terminal {
                     continue;
                 }
