@@ -260,7 +260,7 @@ pub(crate) fn dedicated(
 ) -> ViewerStream {
     let leave = |_: &Arc<SharedCall>, decide: &mut dyn FnMut() -> bool| decide();
     // Its one reader may wait on Redis now and then: room for bursts before it falls behind.
-    let settings = HubSettings { viewer_lag: settings.viewer_lag.max(1024), ..settings };
+    let settings = HubSettings { viewer_lag: settings.viewer_lag.max(128), ..settings };
     let (own, from_start) = SharedCall::start(resource, call, after, settings, cancel, leave);
     own.follow(from_start, after)
 }

@@ -284,6 +284,12 @@ async fn a_route_without_a_resume_field_resumes_on_another_instance_from_redis()
     assert!(!names.contains(&"reset".to_owned()), "resumed, not reset: {names:?}");
     assert_eq!(names.last().map(String::as_str), Some("finished"));
     assert_whole(&ids, "the viewer that moved");
+    // At the end, on either instance: nothing more will come.
+    for instance in [&first, &second] {
+        let last = ids.last().unwrap().to_string();
+        let done = reqwest::Client::new().get(instance.url(&path)).header("last-event-id", last).send().await.unwrap();
+        assert_eq!(done.status(), 204, "a reconnect after the end gets 204 on every instance");
+    }
     assert_eq!(upstream_calls(&[&first, &second]).await, 1.0, "the second instance read Redis, not the upstream");
 }
 
