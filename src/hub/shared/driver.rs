@@ -48,7 +48,14 @@ impl SharedCall {
     ) -> (Arc<Self>, Receiver) {
         let (live, first) = broadcast::channel(settings.viewer_lag.max(1));
         let shared = Arc::new(Self {
-            state: Mutex::new(State { log: VecDeque::new(), dropped: 0, live: Some(live), end: None, retrying: None }),
+            state: Mutex::new(State {
+                log: VecDeque::new(),
+                dropped: 0,
+                live: Some(live),
+                end: None,
+                retrying: None,
+                pin: None,
+            }),
             viewers: watch::channel(0).0,
             changed: watch::channel(()).0,
             metrics: Arc::clone(&settings.metrics),
@@ -169,11 +176,7 @@ impl SharedCall {
                 let event = Arc::new(event);
                 fresh = true;
                 state.log.push_back(Arc::clone(&event));
-                while state.log.len() > replay.max(1) {
-                    if let Some(gone) = state.log.pop_front() {
-                        state.dropped = gone.id;
-                    }
-                }
+                state.trim(replay);
                 if let Some(live) = &state.live {
                     // No receiver is fine: nobody is watching right now.
                     let _ = live.send(event);
