@@ -301,3 +301,26 @@ async fn transient_failures_are_retried_with_backoff_until_the_retry_budget_then
     let opened = fake.opened.load(Ordering::SeqCst);
     assert!((5..=20).contains(&opened), "{opened} calls in the budget");
 }
+
+/// An upstream restarted twice, the second time longer than the retry budget after the first,
+/// while the job sent nothing new (a restarted upstream replays up to the viewer's point in
+/// silence): the call that stayed up between the restarts was healthy, so the viewer sees no
+/// error, and goes on when events come again.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_stayed_up_for_the_retry_budget_starts_a_new_budget_when_it_breaks() {
+    let calls = (0..3).map(|_| Ok(())).collect();
+    let (hub, fake, mut feeds) = scripted_upstream(Retention::State, 8, settings(), calls, true);
+    feeds[0].send(progress(1)).unwrap();
+    let mut viewer = live(hub.subscribe(call(), None).await);
+    assert_eq!(next_ids(&mut viewer, 1).await, [1]);
+    let third = feeds.pop().unwrap();
+    let second = feeds.pop().unwrap();
+    drop(feeds);
+    // The second call comes up and stays silent for 40 s, past the budget of 30 s.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    drop(second);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    third.send(progress(2)).unwrap();
+    assert_eq!(next_ids(&mut viewer, 1).await, [2], "no error: the call resumed a third time");
+}

@@ -93,12 +93,19 @@ impl SharedCall {
         loop {
             // Dropped with this future when the call is cancelled: it then counts as `cancelled`.
             let counted = self.metrics.upstream_started(resource.route());
+            let began = Instant::now();
             let attempt = self.attempt(resource, &call, &mut last, settings).await;
             counted.end(attempt.as_ref().err().map_or("ok", |broken| broken.error.metric_label()));
             let error = match attempt {
                 Ok(()) => return End::Terminal,
                 Err(Broken { error, received }) => {
-                    if received {
+                    // New events prove the call was healthy, and so does a call that stayed up
+                    // for the whole retry budget (silent: a job that has nothing to say, or
+                    // one an upstream restarted and is replaying up to our point): what ends
+                    // it is a new failure, not the old one going on. A call that breaks
+                    // sooner and sends nothing new keeps the budget running, so an upstream
+                    // that fails again and again still ends in an error.
+                    if received || began.elapsed() >= settings.retry_budget {
                         failing_since = None;
                         backoff = BACKOFF.0;
                     }
