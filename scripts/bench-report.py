@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Turns the benchmark's JSON results into the table of docs/PERFORMANCE.md (between markers)."""
+"""Turns the benchmark's JSON results into the sections of docs/PERFORMANCE.md between markers:
+the main table (BENCH), cluster mode (CLUSTER) and the reconnect storm (STORM). A section is written only when every
+scenario it shows ran, so a run of some scenarios leaves the other sections as they were."""
 import json, os, platform, subprocess, sys, datetime
 
 results, target = sys.argv[1], sys.argv[2]
@@ -90,13 +92,17 @@ def pair(name):
 def kb(value):
     return fmt(value and value / 1024, " KB", 1)
 
+cluster_rows = []
+def cluster_row(scenario, target_text, measured_text, met):
+    cluster_rows.append(f"| {scenario} | {target_text} | {measured_text} | {'yes' if met else '**no**'} |")
+
 alone, clustered = pair("cluster-broadcast-alone"), pair("cluster-broadcast")
 if alone and clustered:
     (a0, b0, calls0, _), (a, b, calls, redis) = alone, clustered
     p99_alone = max(a0["latency_ms"]["p99"], b0["latency_ms"]["p99"])
     p99 = max(a["latency_ms"]["p99"], b["latency_ms"]["p99"])
     delivered = a["gaps"] + b["gaps"] + a["duplicates"] + b["duplicates"] == 0 and a["failed"] + b["failed"] == 0
-    row("Cluster broadcast: 2 instances × 1,000 viewers of 1 doc × 150/s (`--redis`)",
+    cluster_row("Cluster broadcast: 2 instances × 1,000 viewers of 1 doc × 150/s (`--redis`)",
         "1 upstream call, every event delivered; p99 the Redis hop adds",
         f"{fmt(a['events_per_s'] + b['events_per_s'], digits=0)} ev/s, {calls} call(s) (alone: {calls0}), "
         f"gaps {a['gaps'] + b['gaps']}, dup {a['duplicates'] + b['duplicates']}, "
@@ -108,7 +114,7 @@ if alone and clustered:
 progress = pair("cluster-progress")
 if progress:
     a, b, calls, redis = progress
-    row("Cluster progress bars: 2 instances × 1,000 docs × 5/s, the same docs on both (`--redis`)",
+    cluster_row("Cluster progress bars: 2 instances × 1,000 docs × 5/s, the same docs on both (`--redis`)",
         "1,000 upstream calls, every event delivered",
         f"{fmt(a['events_per_s'] + b['events_per_s'], digits=0)} ev/s, {calls} call(s), "
         f"gaps {a['gaps'] + b['gaps']}, p99 {fmt(max(a['latency_ms']['p99'], b['latency_ms']['p99']), ' ms')}, "
@@ -118,23 +124,93 @@ if progress:
         calls == 1000 and a["gaps"] + b["gaps"] == 0)
 
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+measured = (f"Measured {datetime.date.today()} on {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
+            "load generator on the same cores.")
 table = "\n".join([
-    f"Measured {datetime.date.today()} on {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
-    "load generator on the same cores. Command: `scripts/bench`.",
+    f"{measured} Command: `scripts/bench`.",
     "",
     "| scenario | target | measured | met |",
     "|---|---|---|---|",
     *rows,
 ])
-print(table)
-scenarios = ["broadcast", "floor-1", "floor-2", "progress", "multiplexed", "tls", "idle", "sharing-1", "sharing-100", "single",
-             "cluster-broadcast-alone-a", "cluster-broadcast-a", "cluster-progress-a"]
-missing = [name for name in scenarios if load(name) is None]
-if missing:
-    # A partial run must not replace the full table.
-    print(f"partial run (no {', '.join(missing)}): {target} left as it was")
-    sys.exit(0)
+
+
+def storm_section():
+    """The reconnect storm's figures, or None when it did not run."""
+    st = load("storm")
+    if not st:
+        return None
+    calls, viewers, documents = st["upstream_calls"], st["viewers"], st["documents"]
+    lines = [
+        f"{measured} Command: `scripts/bench storm`.",
+        "",
+        "| figure | target | measured | met |",
+        "|---|---|---|---|",
+    ]
+    def line(name, target_text, measured_text, met):
+        lines.append(f"| {name} | {target_text} | {measured_text} | {'yes' if met else '**no**' if met is not None else '—'} |")
+    line("viewers streaming on A before the SIGTERM", f"{viewers:,}", f"{st['streaming_before']:,}", st["streaming_before"] == viewers)
+    line("viewers streaming again (from B)", f"{viewers:,}", f"{st['back']:,}", st["back"] == viewers)
+    line("time until 99 % stream again", "—", fmt(st["back_99_s"], " s", 2), None)
+    line("time until 100 % stream again", "—", fmt(st["back_100_s"], " s", 2), None)
+    line("A's last stream ended", "—", fmt(st["left_100_s"], " s", 2), None)
+    gap = st["reconnect_gap_ms"]
+    line("stream ended → streaming again, per viewer (includes the `retry:` wait)", "—",
+         f"p50 {fmt(gap['p50'], ' ms', 0)}, p99 {fmt(gap['p99'], ' ms', 0)}, max {fmt(gap['max'], ' ms', 0)}", None)
+    line("peak rate of reconnects B answered", "—",
+         f"{st['peak_accepts_per_s']:,} in one second, {st['peak_accepts_per_100ms']:,} in 100 ms", None)
+    line("upstream calls on B", f"{documents} (one per document)", f"{calls}", calls == documents)
+    line("events lost / repeated (all viewers)", "0 / 0", f"{st['lost']} / {st['repeated']}",
+         st["lost"] == 0 and st["repeated"] == 0)
+    line("`reset` / `error` events, refused reconnects", "0 / 0 / 0",
+         f"{st['resets']} / {st['errors']} / {sum(st['failed_requests'].values())}",
+         st["resets"] == 0 and st["errors"] == 0 and not st["failed_requests"])
+    rss = st["server_rss_kib"]
+    line("B's RSS before the storm → peak", "—",
+         f"{fmt(rss['before'] and rss['before'] / 1024, ' MiB')} → {fmt(rss['peak'] and rss['peak'] / 1024, ' MiB')}", None)
+    cores = st["server_cores"]
+    line("B's CPU during the storm (mean / busiest second)", "—",
+         f"{fmt(cores['mean'], ' cores', 2)} / {fmt(cores['peak_1s'], ' cores', 2)}", None)
+    queue = st["listen_queue"]
+    line(f"listen-queue overflows / drops (kernel, every socket): while {viewers:,} connect, then in the storm", "0 / 0",
+         f"{queue['before_kill']['overflows']} / {queue['before_kill']['drops']}, then "
+         f"{queue['storm']['overflows']} / {queue['storm']['drops']}",
+         queue["storm"]["overflows"] == 0 and queue["storm"]["drops"] == 0)
+    line("events delivered over the run", "—", f"{st['events']:,}", None)
+    return "\n".join(lines)
+
+
+if rows:
+    print(table)
 doc = open(target).read() if os.path.exists(target) else "# Performance\n\n<!-- BENCH:START -->\n<!-- BENCH:END -->\n"
-start, end = doc.index("<!-- BENCH:START -->"), doc.index("<!-- BENCH:END -->")
-doc = doc[: start + len("<!-- BENCH:START -->")] + "\n" + table + "\n" + doc[end:]
+
+
+def replace(doc, marker, text):
+    start, end = f"<!-- {marker}:START -->", f"<!-- {marker}:END -->"
+    if start not in doc:
+        return doc + f"\n{start}\n{text}\n{end}\n"
+    head, rest = doc.split(start, 1)
+    return head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+
+
+scenarios = ["broadcast", "floor-1", "floor-2", "progress", "multiplexed", "tls", "idle", "sharing-1", "sharing-100", "single"]
+missing = [name for name in scenarios if load(name) is None]
+if missing and len(missing) < len(scenarios):
+    print(f"partial run (no {', '.join(missing)}): the main table of {target} left as it was")
+elif not missing:
+    doc = replace(doc, "BENCH", table)
+if alone and clustered and progress:
+    cluster = "\n".join([
+        f"{measured} Command: `scripts/bench cluster`.",
+        "",
+        "| scenario | target | measured | met |",
+        "|---|---|---|---|",
+        *cluster_rows,
+    ])
+    print(cluster)
+    doc = replace(doc, "CLUSTER", cluster)
+storm = storm_section()
+if storm:
+    print(storm)
+    doc = replace(doc, "STORM", storm)
 open(target, "w").write(doc)

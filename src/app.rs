@@ -180,8 +180,7 @@ impl App {
             max_header_bytes: config.server.max_header_bytes,
         };
         let server = config.server.settings()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
+        let listener = http::bind(config.listen, config.server.listen_backlog)
             .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
         Ok(Self { listener, service: http::service(state, &edge), shutdown, grace: config.shutdown_grace, server })
     }

@@ -36,7 +36,7 @@ use tower_http::{
 pub use error::ApiError;
 
 pub use limits::{LimitsConfig, StreamLimits};
-pub use server::{ServerConfig, ServerSettings, TlsError, serve};
+pub use server::{ServerConfig, ServerSettings, TlsError, bind, serve};
 pub use stream::{StreamConfig, StreamSettings};
 
 use crate::{auth::Authenticator, hub::Hub, metrics::Metrics};

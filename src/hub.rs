@@ -30,6 +30,10 @@ use crate::{
     upstream::{Call, SharedResource, UpstreamError},
 };
 
+/// Events a private call (a resume older than the log) holds for its one viewer: the upstream
+/// replays everything after the resume point at once.
+const PRIVATE_BURST: usize = 1024;
+
 /// Who may share an upstream call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ShareScope {
@@ -220,12 +224,16 @@ impl Hub {
     /// the shared call at its latest update.
     async fn private(&self, call: Call, after: u64) -> Result<Subscription, UpstreamError> {
         let inner = &self.inner;
-        // Not in the map: nobody else attaches, and it ends when its viewer leaves.
+        // Not in the map: nobody else attaches, and it ends when its viewer leaves. Its one
+        // viewer takes the upstream's replay from `after` at once: room for the whole burst
+        // (a resume must lose nothing), not just for a slow viewer's lag.
+        let settings =
+            HubSettings { viewer_lag: inner.settings.viewer_lag.max(PRIVATE_BURST), ..inner.settings.clone() };
         let (private, from_start) = SharedCall::start(
             Arc::clone(&inner.resource),
             call.clone(),
             after,
-            inner.settings.clone(),
+            settings,
             inner.shutdown.child_token(),
             |_: &Arc<SharedCall>, decide: &mut dyn FnMut() -> bool| decide(),
         );

@@ -16,6 +16,8 @@ use tonic::{Code, metadata::MetadataValue};
 
 pub use channel::{ChannelError, UpstreamChannel, UpstreamConfig, UpstreamPool};
 pub use deferred::{Deferred, Waiting};
+#[cfg(test)]
+pub(crate) use dynamic::{DocumentUpdate, document_event};
 pub use dynamic::{Refresh, RouteResource, RouteResourceError};
 pub use limit::{Limited, MessageTooLarge};
 

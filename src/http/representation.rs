@@ -6,6 +6,8 @@ mod long_poll;
 mod ndjson;
 mod sse;
 mod streaming;
+#[cfg(test)]
+mod tests;
 mod websocket;
 
 use std::time::Duration;

@@ -30,6 +30,7 @@ pub(super) fn fuzz_parse(bytes: &[u8]) -> bool {
 
 use std::{
     io::{self, IoSlice},
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::Poll,
@@ -42,7 +43,7 @@ use futures_util::FutureExt as _;
 use http::{Method, Request};
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt as _;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt as _;
 
@@ -70,6 +71,17 @@ pub struct ServerSettings {
     /// Serve TLS with this certificate (reloaded when its files change) instead of plain TCP;
     /// see [`ServerSettings::load_tls`].
     pub tls: Option<Tls>,
+}
+
+/// A listener on `addr` whose kernel queue holds `backlog` connections not yet accepted (tokio's
+/// `TcpListener::bind` queues 1,024: a reconnect storm of thousands overflows it while the
+/// accept loop waits for a core).
+pub fn bind(addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // As `TcpListener::bind` does: a restarted server binds again despite connections in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(u32::try_from(backlog).unwrap_or(u32::MAX))
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled, then waits for the open
@@ -365,7 +377,7 @@ fn read_available(stream: &TcpStream, read: &mut Vec<u8>) -> io::Result<Option<u
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
 
@@ -385,6 +397,30 @@ mod tests {
         let connection = server.connection(stream);
         let size = std::mem::size_of_val(&connection);
         assert!(size <= CONNECTION_BUDGET, "the connection future is {size} bytes");
+    }
+
+    /// A storm of connections that arrive faster than they are accepted all get through the
+    /// handshake at once: none waits for a SYN retransmission (a second or more), as it would
+    /// past the 1,024 that `TcpListener::bind` queues.
+    #[tokio::test]
+    async fn the_listen_queue_holds_a_reconnect_storm() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(4096);
+        let storm = 2000.min(somaxconn.saturating_sub(16));
+        if storm <= 1100 {
+            return; // the kernel caps the queue below what would tell the two apart
+        }
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nobody accepts: every connection waits in the queue.
+        let clients: Vec<_> = (0..storm).map(|_| tokio::spawn(TcpStream::connect(addr))).collect();
+        let all = futures_util::future::join_all(clients);
+        let connected = tokio::time::timeout(Duration::from_millis(800), all).await;
+        let connected = connected.expect("every connection completes its handshake without a retransmission");
+        assert!(connected.into_iter().all(|c| c.is_ok_and(|c| c.is_ok())));
+        drop(listener);
     }
 
     /// 1,584 bytes when this was written; hyper's connection state, inline, would be several

@@ -6,6 +6,7 @@ mod driver;
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
 };
 
 use tokio::{
@@ -49,6 +50,55 @@ struct State {
     end: Option<End>,
     /// The failure being retried, reported to a first viewer that gets no event in time.
     retrying: Option<UpstreamError>,
+    /// A recent resume point whose events the log keeps beyond its size (see [`State::pin`]).
+    pin: Option<Pin>,
+}
+
+/// The most events a pin keeps in the log: bounded, however fast the resource.
+pub(super) const MAX_PINNED: usize = 512;
+
+/// Every event after `after` stays in the log until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Pin {
+    after: u64,
+    until: Instant,
+}
+
+impl State {
+    /// Keeps every event after `after` in the log (at most [`MAX_PINNED`]) for `linger` from
+    /// now, if the log still holds them all. The viewers of an instance that stopped reconnect
+    /// over the few seconds of their jittered `retry:`, each resuming at about the event that
+    /// instance sent last, while new events push older ones out of the log: without the pin,
+    /// every reconnect after the log moved past that point would need an upstream call of its
+    /// own, thousands of calls for one document in a storm. The linger is the window in which
+    /// the hub expects reconnects anyway.
+    fn pin(&mut self, after: u64, linger: Duration) {
+        if after < self.dropped {
+            return;
+        }
+        let now = Instant::now();
+        let until = now + linger;
+        self.pin = Some(match self.pin {
+            Some(pin) if pin.until > now => Pin { after: pin.after.min(after), until: pin.until.max(until) },
+            _ => Pin { after, until },
+        });
+    }
+
+    /// Drops the oldest events beyond `replay`, except those a pin still holds.
+    pub(super) fn trim(&mut self, replay: usize) {
+        let now = Instant::now();
+        while self.log.len() > replay.max(1) {
+            let pinned = self.pin.is_some_and(|pin| {
+                pin.until > now && self.log.len() <= MAX_PINNED && self.log.front().is_some_and(|e| e.id > pin.after)
+            });
+            if pinned {
+                break;
+            }
+            if let Some(gone) = self.log.pop_front() {
+                self.dropped = gone.id;
+            }
+        }
+    }
 }
 
 /// How a shared call ended.
@@ -102,6 +152,11 @@ impl SharedCall {
         mut from_start: Option<Receiver>,
     ) -> Attach {
         let mut changes = self.changed.subscribe();
+        // A reconnect resumes after an event it had; 0 asks for everything from the first, and
+        // pinning that would keep a resource's whole history for the linger.
+        if let (Some(after @ 1..), None) = (resume, &from_start) {
+            self.lock().pin(after, settings.linger);
+        }
         let deadline = Instant::now() + settings.first_event_wait;
         loop {
             let cancelled = {
@@ -205,8 +260,8 @@ impl SharedCall {
     }
 
     /// A fresh receiver and the events after `cursor`, for a viewer of a `log` route that fell
-    /// behind. One that fell out of the log gets only the latest event,
-    /// and `true`: events were lost.
+    /// behind, or one that lagged before it was sent anything. One that fell out of the log gets
+    /// only the latest event, and `true`: events were lost.
     pub(super) fn resume(&self, cursor: u64) -> (Option<Receiver>, Vec<Arc<StreamEvent>>, bool) {
         let state = self.lock();
         let receiver = state.live.as_ref().map(broadcast::Sender::subscribe);

@@ -38,6 +38,8 @@ struct Fake {
     opened: AtomicUsize,
     retention: Retention,
     replay: usize,
+    /// Whether the upstream resumes after a point (else only the BFF's log can).
+    resumable: bool,
 }
 
 impl Resource for Fake {
@@ -54,7 +56,7 @@ impl Resource for Fake {
     }
 
     fn resumable(&self) -> bool {
-        false
+        self.resumable
     }
 
     fn check(&self, _: &[(String, String)]) -> Result<(), ParamRejected> {
@@ -91,6 +93,17 @@ fn scripted(
     settings: HubSettings,
     calls: Vec<Result<(), UpstreamError>>,
 ) -> (Hub, Arc<Fake>, Vec<Feed>) {
+    scripted_upstream(retention, replay, settings, calls, false)
+}
+
+/// The same, over an upstream that resumes after a point when asked (as the document route's).
+fn scripted_upstream(
+    retention: Retention,
+    replay: usize,
+    settings: HubSettings,
+    calls: Vec<Result<(), UpstreamError>>,
+    resumable: bool,
+) -> (Hub, Arc<Fake>, Vec<Feed>) {
     let mut feeds = Vec::new();
     let calls = calls
         .into_iter()
@@ -102,7 +115,7 @@ fn scripted(
             })
         })
         .collect();
-    let fake = Arc::new(Fake { calls: Mutex::new(calls), opened: AtomicUsize::new(0), retention, replay });
+    let fake = Arc::new(Fake { calls: Mutex::new(calls), opened: AtomicUsize::new(0), retention, replay, resumable });
     let hub = Hub::new(Arc::clone(&fake) as SharedResource, settings, CancellationToken::new());
     (hub, fake, feeds)
 }
@@ -158,6 +171,61 @@ async fn a_log_route_resets_a_viewer_that_fell_out_of_the_log() {
 async fn a_state_route_conflates_a_lagging_viewer_to_the_latest_event() {
     let got = lagging_viewer(Retention::State, 100).await;
     assert_eq!(got, ["10"], "progress is state: the latest replaces what was missed");
+}
+
+fn progress(id: u64) -> Result<StreamEvent, UpstreamError> {
+    Ok(StreamEvent::new(id, EventKind::PROGRESS, b"{}", None))
+}
+
+/// The next `n` ids a viewer receives (within a second of paused time).
+async fn next_ids(viewer: &mut ViewerStream, n: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        match tokio::time::timeout(Duration::from_secs(1), viewer.next()).await {
+            Ok(Some(Delivery::Event(event))) => ids.push(event.id),
+            other => panic!("after {ids:?}: {:?}", other.map(|d| d.map(|d| matches!(d, Delivery::Reset)))),
+        }
+    }
+    ids
+}
+
+/// A reconnect storm: the viewers of an instance that stopped all resume at the event it sent
+/// last, arriving over the seconds of their jittered `retry:` while events go on, far more of
+/// them than the replay log keeps. Every one is served by the one shared call, none by an
+/// upstream call of its own, and none loses or repeats an event.
+#[tokio::test(start_paused = true)]
+async fn reconnects_resuming_at_one_point_share_one_call_while_events_go_on() {
+    let calls = (0..10).map(|_| Ok(())).collect();
+    let (hub, fake, feeds) = scripted_upstream(Retention::State, 8, settings(), calls, true);
+    // The upstream replays what it keeps when the shared call starts.
+    (1..=20).for_each(|id| feeds[0].send(progress(id)).unwrap());
+    // Each viewer is read as its connection's task reads it, from the moment it attaches.
+    let read = |mut viewer: ViewerStream| tokio::spawn(async move { next_ids(&mut viewer, 30).await });
+    let mut viewers = vec![read(live(hub.subscribe(call(), Some(20)).await))];
+    for id in 21..=50 {
+        feeds[0].send(progress(id)).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if id % 5 == 0 {
+            viewers.push(read(live(hub.subscribe(call(), Some(20)).await)));
+        }
+    }
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1, "one upstream call for every reconnect");
+    for viewer in viewers {
+        assert_eq!(viewer.await.unwrap(), (21..=50).collect::<Vec<_>>());
+    }
+}
+
+/// A viewer that resumes ahead of a call that is still receiving the upstream's replay (it
+/// comes in pieces) must not lose the events after its point when the rest arrives at once,
+/// more of them than the broadcast holds for it.
+#[tokio::test(start_paused = true)]
+async fn a_viewer_ahead_of_a_starting_call_gets_every_event_after_its_point() {
+    let (hub, _, feeds) = scripted_upstream(Retention::State, 8, settings(), vec![Ok(())], true);
+    (1..=3).for_each(|id| feeds[0].send(progress(id)).unwrap());
+    let mut viewer = live(hub.subscribe(call(), Some(6)).await);
+    (4..=12).for_each(|id| feeds[0].send(progress(id)).unwrap());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(next_ids(&mut viewer, 6).await, [7, 8, 9, 10, 11, 12]);
 }
 
 fn live(subscription: Result<Subscription, UpstreamError>) -> ViewerStream {
@@ -267,4 +335,27 @@ async fn the_log_never_answers_a_resume_point_the_source_no_longer_has() {
     assert!(reset, "3 is below what the source still has");
     let Subscription::Live { reset, .. } = hub.subscribe(call(), Some(7)).await.unwrap() else { panic!("live") };
     assert!(!reset, "7 is in the log");
+}
+
+/// An upstream restarted twice, the second time longer than the retry budget after the first,
+/// while the job sent nothing new (a restarted upstream replays up to the viewer's point in
+/// silence): the call that stayed up between the restarts was healthy, so the viewer sees no
+/// error, and goes on when events come again.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_stayed_up_for_the_retry_budget_starts_a_new_budget_when_it_breaks() {
+    let calls = (0..3).map(|_| Ok(())).collect();
+    let (hub, fake, mut feeds) = scripted_upstream(Retention::State, 8, settings(), calls, true);
+    feeds[0].send(progress(1)).unwrap();
+    let mut viewer = live(hub.subscribe(call(), None).await);
+    assert_eq!(next_ids(&mut viewer, 1).await, [1]);
+    let third = feeds.pop().unwrap();
+    let second = feeds.pop().unwrap();
+    drop(feeds);
+    // The second call comes up and stays silent for 40 s, past the budget of 30 s.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    drop(second);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    third.send(progress(2)).unwrap();
+    assert_eq!(next_ids(&mut viewer, 1).await, [2], "no error: the call resumed a third time");
 }

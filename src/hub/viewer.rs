@@ -71,9 +71,12 @@ impl ViewerStream {
             let mut backlog = backlog;
             let mut live = live;
             let mut unchecked = unchecked;
+            // Whether an event was yielded: a viewer that lags before that is not slow.
+            let mut delivered = false;
             loop {
                 for event in backlog.drain(..) {
                     cursor = event.id;
+                    delivered = true;
                     let terminal = event.kind.is_terminal();
                     yield Delivery::Event(event);
                     if terminal {
@@ -90,12 +93,14 @@ impl ViewerStream {
                 match received {
                     Ok(event) if event.id <= cursor => {}
                     Ok(event) => backlog.push(event),
-                    Err(RecvError::Lagged(_)) if shared.keeps_every_event() => {
-                        // Every event matters (a log): catch up from the replay log, and say so
-                        // when the viewer fell out of it.
+                    Err(RecvError::Lagged(_)) if shared.keeps_every_event() || !delivered => {
+                        // Every event matters (a log), or the viewer was not sent anything yet:
+                        // it waits ahead of a call whose replay burst arrived at once, and is
+                        // not slow. Catch up from the replay log, and say so on a log route
+                        // when the viewer fell out of it (a state route's gets the latest).
                         let gap;
                         (live, backlog, gap) = shared.resume(cursor);
-                        if gap {
+                        if gap && shared.keeps_every_event() {
                             yield Delivery::Reset;
                         }
                     }

@@ -356,3 +356,43 @@ impl Decoder for DynamicDecoder {
         BufferSettings::new(512, 32 * 1024)
     }
 }
+
+/// An update of the built-in document route, as text: what the representations' property tests
+/// feed through the real mapping (they see no prost type).
+#[cfg(test)]
+#[derive(Debug, Clone)]
+pub(crate) struct DocumentUpdate {
+    pub sequence: u64,
+    pub terminal: bool,
+    pub document_id: String,
+    pub stage: String,
+    pub message: String,
+    pub error_code: String,
+}
+
+/// The event a call of the built-in document route makes of `update`: encoded as protobuf,
+/// decoded as the route's output type and mapped, exactly as each upstream message is.
+#[cfg(test)]
+pub(crate) fn document_event(update: &DocumentUpdate) -> StreamEvent {
+    use crate::pb::docproc::v1::{ProcessingStatus, ProcessingUpdate};
+    static MAPPING: std::sync::OnceLock<Mapping> = std::sync::OnceLock::new();
+    let mapping = MAPPING.get_or_init(|| {
+        let table = crate::routes::RouteTable::built_in(&["http://127.0.0.1:1".to_owned()]);
+        let route = table.ok().and_then(|t| t.routes.into_iter().next());
+        route.and_then(|route| Mapping::new(route).ok()).unwrap_or_else(|| unreachable!("the built-in route maps"))
+    });
+    let status = if update.terminal { ProcessingStatus::Completed } else { ProcessingStatus::Running };
+    let message = ProcessingUpdate {
+        document_id: update.document_id.clone(),
+        sequence: update.sequence,
+        status: status.into(),
+        progress_percent: 40,
+        stage: update.stage.clone(),
+        message: update.message.clone(),
+        emitted_at: Some(prost_types::Timestamp { seconds: 1_795_428_000, nanos: 123_456_789 }),
+        error_code: update.error_code.clone(),
+    };
+    let decoded = DynamicMessage::decode(mapping.route.method.output(), message.encode_to_vec().as_slice());
+    let decoded = decoded.unwrap_or_else(|error| unreachable!("an update decodes: {error}"));
+    mapping.event(&decoded, &mut 0).unwrap_or_else(|error| unreachable!("an update maps: {error}"))
+}

@@ -18,5 +18,6 @@ mod routes;
 mod security;
 mod server;
 mod sim;
+mod storm;
 mod stream;
 mod tls;

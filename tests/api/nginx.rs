@@ -16,8 +16,8 @@ use crate::{
 };
 
 /// nginx running the shipped template in front of two replicas; stopped when dropped.
-struct Nginx {
-    addr: std::net::SocketAddr,
+pub struct Nginx {
+    pub addr: std::net::SocketAddr,
     child: std::process::Child,
     _dir: TempDir,
 }
@@ -39,7 +39,24 @@ impl Drop for TempDir {
     }
 }
 
-async fn nginx(replicas: [&TestApp; 2], read_timeout: &str) -> Nginx {
+/// How the shipped template is rendered: what its variables become, and how many connections
+/// one worker may hold.
+pub struct Setup {
+    /// `${BFF_1}` and `${BFF_2}`: an address, with server parameters such as `backup` if wanted.
+    pub replicas: [String; 2],
+    /// `${PROXY_READ_TIMEOUT}`.
+    pub read_timeout: &'static str,
+    /// `worker_connections` of the one worker (each proxied stream takes two).
+    pub worker_connections: usize,
+}
+
+async fn nginx(replicas: [&TestApp; 2], read_timeout: &'static str) -> Nginx {
+    let replicas = replicas.map(|app| app.addr.to_string());
+    start(Setup { replicas, read_timeout, worker_connections: 512 }).await
+}
+
+/// Renders the shipped template as `setup` says and starts Debian's nginx on a free port.
+pub async fn start(setup: Setup) -> Nginx {
     let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists());
     let binary = binary.expect("nginx is installed (apt-get install nginx-light, as scripts/test-deps does)");
     let addr = free_addr();
@@ -47,19 +64,21 @@ async fn nginx(replicas: [&TestApp; 2], read_timeout: &str) -> Nginx {
     std::fs::create_dir_all(&dir).unwrap();
     let template = std::fs::read_to_string(fixture("../deploy/nginx/default.conf.template")).unwrap();
     let site = template
-        .replace("${BFF_1}", &replicas[0].addr.to_string())
-        .replace("${BFF_2}", &replicas[1].addr.to_string())
+        .replace("${BFF_1}", &setup.replicas[0])
+        .replace("${BFF_2}", &setup.replicas[1])
         .replace("${NGINX_LISTEN}", &addr.to_string())
-        .replace("${PROXY_READ_TIMEOUT}", read_timeout);
+        .replace("${PROXY_READ_TIMEOUT}", setup.read_timeout);
     assert!(!site.contains("${"), "every template variable is set");
     std::fs::write(dir.join("site.conf"), site).unwrap();
     let d = dir.display();
+    let connections = setup.worker_connections;
     let main = format!(
-        "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
-         events {{ worker_connections 512; }}\n\
+        "daemon off; worker_processes 1; worker_rlimit_nofile {files}; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+         events {{ worker_connections {connections}; }}\n\
          http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-         include {d}/site.conf; }}\n"
+         include {d}/site.conf; }}\n",
+        files = connections + 64,
     );
     std::fs::write(dir.join("nginx.conf"), main).unwrap();
     let child = std::process::Command::new(binary)

@@ -65,7 +65,7 @@ async fn relay(mut socket: WebSocket, feed: impl Stream<Item = Output> + Send + 
 }
 
 /// The frames for one output, and whether they end the socket.
-fn messages(output: Output) -> (Vec<Message>, bool) {
+pub(super) fn messages(output: Output) -> (Vec<Message>, bool) {
     let text = |json: String| Message::Text(json.into());
     match output {
         Output::Reset => (vec![text(format!(r#"{{"event":"reset","data":{RESET}}}"#))], false),

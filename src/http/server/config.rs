@@ -1,5 +1,5 @@
 //! The server's flags of `serve`: how long a stalled client is kept, how large a request head
-//! may be, and the TLS certificate.
+//! may be, the listen backlog, and the TLS certificate.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -15,6 +15,12 @@ pub struct ServerConfig {
     /// A client whose connection accepts no bytes for this long is dropped.
     #[arg(long, env = "SSE_BFF_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
+    /// Connections the kernel queues for the server before it accepts them (capped by
+    /// `net.core.somaxconn`). When an instance stops, its viewers all reconnect to the others
+    /// within a few seconds: a queue that overflows makes clients wait a second or more for a SYN
+    /// retransmission.
+    #[arg(long, env = "SSE_BFF_LISTEN_BACKLOG", default_value_t = 4096, value_parser = count(65_535))]
+    pub listen_backlog: usize,
     /// Serve HTTPS (ALPN `h2` and `http/1.1`) with this PEM certificate chain, the server's
     /// certificate first; needs `--tls-key`. Reloaded when the file changes.
     #[arg(long, env = "SSE_BFF_TLS_CERT", value_name = "FILE", requires = "tls_key")]

@@ -48,7 +48,14 @@ impl SharedCall {
     ) -> (Arc<Self>, Receiver) {
         let (live, first) = broadcast::channel(settings.viewer_lag.max(1));
         let shared = Arc::new(Self {
-            state: Mutex::new(State { log: VecDeque::new(), dropped: 0, live: Some(live), end: None, retrying: None }),
+            state: Mutex::new(State {
+                log: VecDeque::new(),
+                dropped: 0,
+                live: Some(live),
+                end: None,
+                retrying: None,
+                pin: None,
+            }),
             viewers: watch::channel(0).0,
             changed: watch::channel(()).0,
             metrics: Arc::clone(&settings.metrics),
@@ -86,6 +93,7 @@ impl SharedCall {
         loop {
             // Dropped with this future when the call is cancelled: it then counts as `cancelled`.
             let counted = resource.calls_upstream().then(|| self.metrics.upstream_started(resource.route()));
+            let began = Instant::now();
             let attempt = self.attempt(resource, &call, &mut last, settings).await;
             if let Some(counted) = counted {
                 counted.end(attempt.as_ref().err().map_or("ok", |broken| broken.error.metric_label()));
@@ -93,7 +101,13 @@ impl SharedCall {
             let error = match attempt {
                 Ok(()) => return End::Terminal,
                 Err(Broken { error, received }) => {
-                    if received {
+                    // New events prove the call was healthy, and so does a call that stayed up
+                    // for the whole retry budget (silent: a job that has nothing to say, or
+                    // one an upstream restarted and is replaying up to our point): what ends
+                    // it is a new failure, not the old one going on. A call that breaks
+                    // sooner and sends nothing new keeps the budget running, so an upstream
+                    // that fails again and again still ends in an error.
+                    if received || began.elapsed() >= settings.retry_budget {
                         failing_since = None;
                         backoff = BACKOFF.0;
                     }
@@ -175,11 +189,7 @@ impl SharedCall {
                 let event = Arc::new(event);
                 fresh = true;
                 state.log.push_back(Arc::clone(&event));
-                while state.log.len() > replay.max(1) {
-                    if let Some(gone) = state.log.pop_front() {
-                        state.dropped = gone.id;
-                    }
-                }
+                state.trim(replay);
                 if let Some(live) = &state.live {
                     // No receiver is fine: nobody is watching right now.
                     let _ = live.send(event);

@@ -2,12 +2,22 @@
 //! and reports delivery (events/s, gaps, duplicates, latency from the upstream's `emittedAt`)
 //! and the server's cost (RSS and CPU from /proc). Not part of the shipped server.
 //!
-//! `cargo run --release --example loadgen -- --help`; `scripts/bench` runs the scenarios.
+//! Modes: `steady` (the default: a measurement window of N open streams), `storm` (the
+//! reconnect storm of `storm.rs`: viewers that reconnect like EventSource when instance A is
+//! stopped) and `soak` (`soak.rs`: churning viewers of every representation for a long run).
+//!
+//! `cargo run --release --example loadgen -- --help`; `scripts/bench` runs the scenarios,
+//! `scripts/soak` the soak.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+mod http1;
+mod process;
+mod soak;
+mod storm;
+
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -16,10 +26,20 @@ use std::{
 };
 
 use clap::Parser;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpSocket,
-};
+use tokio::io::AsyncReadExt as _;
+
+use self::{http1::Dechunker, process::Proc};
+
+/// What the generator does with its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// Open the connections, then measure delivery over a window.
+    Steady,
+    /// Viewers reconnect like EventSource; SIGTERM to `--sigterm-pid` starts the storm.
+    Storm,
+    /// Viewers of every representation come and go for `--duration` seconds.
+    Soak,
+}
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -62,6 +82,13 @@ struct Args {
     /// Print the summary as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// What to do with the connections.
+    #[arg(long, value_enum, default_value = "steady")]
+    mode: Mode,
+    #[command(flatten)]
+    storm: storm::StormArgs,
+    #[command(flatten)]
+    soak: soak::SoakArgs,
 }
 
 /// What one connection saw during the measurement window.
@@ -80,6 +107,18 @@ async fn main() {
     if rlimit::Resource::NOFILE.set(hard, hard).is_err() {
         eprintln!("could not raise the open-file limit from {soft}");
     }
+    let summary = match args.mode {
+        Mode::Steady => steady(args).await,
+        Mode::Storm => storm::run(args).await,
+        Mode::Soak => soak::run(args).await,
+    };
+    if let Some(summary) = summary {
+        println!("{summary}");
+    }
+}
+
+/// The measurement window: N streams open, then events, gaps, latency and the server's cost.
+async fn steady(args: Args) -> Option<serde_json::Value> {
     let server = args.server_pid.map(Proc::new);
     let before = server.as_ref().map(Proc::rss_kib);
     let established = Arc::new(AtomicU64::new(0));
@@ -156,11 +195,11 @@ async fn main() {
         "server_cores": server_cores,
         "loadgen_cores": own_cores,
     });
-    if args.json {
-        println!("{summary}");
-    } else {
+    if !args.json {
         println!("{}", serde_json::to_string_pretty(&summary).unwrap());
+        return None;
     }
+    Some(summary)
 }
 
 /// One SSE connection: request, response head, then chunked SSE until the window ends.
@@ -171,10 +210,6 @@ async fn connection(
     measure_until: Instant,
     established: &AtomicU64,
 ) -> Result<Tally, String> {
-    let source = Ipv4Addr::new(127, 0, 0, 1 + (n % usize::from(args.sources.max(1))) as u8);
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket.bind(SocketAddr::from((source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
-    let mut stream = socket.connect(args.target).await.map_err(|e| format!("connect: {e}"))?;
     let documents = args.documents.max(1);
     let path = match args.topics {
         0 => format!("/documents/{}.{}/progress", args.prefix, n % documents),
@@ -184,35 +219,21 @@ async fn connection(
             format!("/events?{}", each.collect::<Vec<_>>().join("&"))
         }
     };
-    let auth = args.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{auth}\r\n", args.target);
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(8192);
-    let mut chunk = [0u8; 16384];
-    let body_start = loop {
-        let read = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if read == 0 {
-            return Err("closed before the response head".into());
-        }
-        buf.extend_from_slice(&chunk[..read]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        if buf.len() > 16384 {
-            return Err("response head too large".into());
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..body_start]).into_owned();
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(head.lines().next().unwrap_or("").to_owned());
+    let mut headers = vec!["Accept: text/event-stream".to_owned()];
+    headers.extend(args.token.as_ref().map(|t| format!("Authorization: Bearer {t}")));
+    let opened = http1::get(args.target, source(args, n), &path, &headers).await?;
+    if opened.status != 200 {
+        return Err(opened.head.lines().next().unwrap_or("").to_owned());
     }
+    let mut stream = opened.stream;
+    let mut chunk = [0u8; 16384];
     established.fetch_add(1, Ordering::Relaxed);
     let mut dechunk = Dechunker::default();
     let mut sse = Vec::new();
     let mut tally = Tally::default();
     // The last id seen, per document on a multiplexed stream (keyed by its `documentId`).
     let mut last_ids: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
-    dechunk.feed(&buf[body_start..], &mut sse);
+    dechunk.feed(&opened.body, &mut sse);
     let window_end = tokio::time::sleep_until(measure_until.into());
     tokio::pin!(window_end);
     loop {
@@ -256,57 +277,9 @@ async fn connection(
     }
 }
 
-/// HTTP/1.1 chunked transfer decoding, incremental.
-#[derive(Default)]
-struct Dechunker {
-    buf: Vec<u8>,
-    state: Chunk,
-}
-
-#[derive(Default, Clone, Copy)]
-enum Chunk {
-    /// Reading a size line.
-    #[default]
-    Size,
-    /// This many data bytes still to come.
-    Data(usize),
-    /// The CRLF after a chunk's data.
-    Crlf,
-    /// The last chunk was read.
-    Done,
-}
-
-impl Dechunker {
-    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        self.buf.extend_from_slice(input);
-        let mut pos = 0;
-        loop {
-            match self.state {
-                Chunk::Size => {
-                    let Some(end) = self.buf[pos..].windows(2).position(|w| w == b"\r\n") else { break };
-                    let line = std::str::from_utf8(&self.buf[pos..pos + end]).unwrap_or("");
-                    let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
-                    pos += end + 2;
-                    self.state = if size == 0 { Chunk::Done } else { Chunk::Data(size) };
-                }
-                Chunk::Data(left) => {
-                    let take = left.min(self.buf.len() - pos);
-                    out.extend_from_slice(&self.buf[pos..pos + take]);
-                    pos += take;
-                    self.state = if take == left { Chunk::Crlf } else { Chunk::Data(left - take) };
-                    if pos == self.buf.len() {
-                        break;
-                    }
-                }
-                Chunk::Crlf if self.buf.len() - pos >= 2 => {
-                    pos += 2;
-                    self.state = Chunk::Size;
-                }
-                Chunk::Crlf | Chunk::Done => break,
-            }
-        }
-        self.buf.drain(..pos);
-    }
+/// The source address of connection `n`: 127.0.0.1 ..= 127.0.0.<sources>, in turn.
+fn source(args: &Args, n: usize) -> u8 {
+    1 + (n % usize::from(args.sources.max(1))) as u8
 }
 
 /// Takes complete events (blank-line terminated) out of `buf`, calling `each` with the numeric
@@ -355,32 +328,11 @@ fn emitted_at(json: &[u8]) -> Option<SystemTime> {
     SystemTime::try_from(text.parse::<prost_types::Timestamp>().ok()?).ok()
 }
 
-/// A process's RSS and CPU time from /proc.
-struct Proc(String);
-
-impl Proc {
-    fn new(pid: u32) -> Self {
-        Self(format!("/proc/{pid}"))
+/// The `p` quantile (0 to 1) of sorted values, NaN when there are none.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
     }
-
-    fn own() -> Self {
-        Self("/proc/self".into())
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("{}/status", self.0)).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// User plus system CPU seconds (clock ticks are 1/100 s on Linux).
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("{}/stat", self.0)).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        (ticks(11) + ticks(12)) as f64 / 100.0
-    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
 }
