@@ -161,6 +161,10 @@ impl Cluster {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ClusterError::PasswordFile { path: path.clone(), source })?;
             let password = text.lines().next().unwrap_or_default().to_owned();
+            if password.is_empty() {
+                let source = std::io::Error::new(std::io::ErrorKind::InvalidData, "the first line is empty");
+                return Err(ClusterError::PasswordFile { path: path.clone(), source });
+            }
             let redis = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(redis);
         }
@@ -183,10 +187,10 @@ impl Cluster {
         });
         cluster.metrics.cluster_degraded(true);
         // The first answer decides how the instance starts.
-        cluster.check().await;
-        if !cluster.is_healthy() {
+        if let Err(error) = cluster.check().await {
             tracing::warn!(
-                "cluster degraded from the start: Redis does not answer; every instance calls the upstream itself until it does"
+                error = %describe(&error),
+                "cluster degraded from the start: Redis does not answer or refuses writes; this instance calls the upstream itself until it does"
             );
         }
         let weak = Arc::downgrade(&cluster);
@@ -219,14 +223,17 @@ impl Cluster {
     /// answers `PING` but refuses writes (out of memory, a read-only replica, loading, no
     /// permission) is no use to the cluster. One log line and the metric per change. A
     /// connection that timed out is replaced.
-    async fn check(&self) {
+    async fn check(&self) -> Result<(), RedisError> {
         let mut manager = self.redis();
         let alive = format!("sse-bff:alive:{}", self.instance);
         let ttl = (self.lease_ttl * 2).as_millis() as u64;
         let written: redis::RedisResult<()> =
             redis::cmd("SET").arg(&alive).arg(1).arg("PX").arg(ttl).query_async(&mut manager).await;
         match written {
-            Ok(()) => self.set_healthy(true, None),
+            Ok(()) => {
+                self.set_healthy(true, None);
+                Ok(())
+            }
             Err(error) => {
                 let fresh =
                     || ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config(self.lease_ttl));
@@ -236,6 +243,7 @@ impl Cluster {
                     *self.manager.write().unwrap_or_else(PoisonError::into_inner) = fresh;
                 }
                 self.set_healthy(false, Some(&error));
+                Err(error)
             }
         }
     }
@@ -258,10 +266,10 @@ impl Cluster {
             self.reader.fail_all("the cluster is degraded: Redis does not answer");
         }
         match error {
-            None => tracing::info!("cluster: Redis answers; resources are shared across instances again"),
+            None => tracing::info!("cluster: Redis takes writes; resources are shared across instances"),
             Some(error) => tracing::warn!(
                 error = %describe(error),
-                "cluster degraded: Redis does not answer; every instance calls the upstream itself"
+                "cluster degraded: Redis does not answer or refuses writes; this instance calls the upstream itself"
             ),
         }
     }

@@ -22,7 +22,8 @@ impl Cluster {
                 _ = tick.tick() => {}
                 () = self.shutdown.cancelled() => return,
             }
-            self.check().await;
+            // A failure is logged and counted by `set_healthy`, once per change.
+            let _ = self.check().await;
             if !self.is_healthy() {
                 continue;
             }

@@ -40,6 +40,8 @@ struct Fake {
     replay: usize,
     /// Whether the upstream resumes after a point (else only the BFF's log can).
     resumable: bool,
+    /// Whether the BFF numbers the events (the route has no id field).
+    numbered: bool,
 }
 
 impl Resource for Fake {
@@ -57,6 +59,10 @@ impl Resource for Fake {
 
     fn resumable(&self) -> bool {
         self.resumable
+    }
+
+    fn numbered_by_bff(&self) -> bool {
+        self.numbered
     }
 
     fn check(&self, _: &[(String, String)]) -> Result<(), ParamRejected> {
@@ -115,7 +121,14 @@ fn scripted_upstream(
             })
         })
         .collect();
-    let fake = Arc::new(Fake { calls: Mutex::new(calls), opened: AtomicUsize::new(0), retention, replay, resumable });
+    let fake = Arc::new(Fake {
+        calls: Mutex::new(calls),
+        opened: AtomicUsize::new(0),
+        retention,
+        replay,
+        resumable,
+        numbered: false,
+    });
     let hub = Hub::new(Arc::clone(&fake) as SharedResource, settings, CancellationToken::new());
     (hub, fake, feeds)
 }
@@ -358,4 +371,39 @@ async fn a_call_that_stayed_up_for_the_retry_budget_starts_a_new_budget_when_it_
     tokio::time::sleep(Duration::from_secs(1)).await;
     third.send(progress(2)).unwrap();
     assert_eq!(next_ids(&mut viewer, 1).await, [2], "no error: the call resumed a third time");
+}
+
+/// A route numbered by the BFF whose upstream cannot resume: every call starts over and sends
+/// the same first event before it breaks, numbered on by the BFF as if it were new. Those ids
+/// prove nothing, so the calls do not renew the retry budget: the viewer gets the error after
+/// the budget, and the upstream is not called forever.
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_breaks_after_the_same_events_again_and_again_ends_in_an_error() {
+    let mut feeds = Vec::new();
+    let calls = (0..200)
+        .map(|n| {
+            let (feed, events) = mpsc::unbounded_channel();
+            feed.send(progress(n + 1)).unwrap();
+            feeds.push(feed);
+            Ok(events)
+        })
+        .collect();
+    drop(feeds);
+    let fake = Arc::new(Fake {
+        calls: Mutex::new(calls),
+        opened: AtomicUsize::new(0),
+        retention: Retention::Log,
+        replay: 100,
+        resumable: false,
+        numbered: true,
+    });
+    let hub = Hub::new(Arc::clone(&fake) as SharedResource, settings(), CancellationToken::new());
+    let viewer = live(hub.subscribe(call(), Some(0)).await);
+    let ended = tokio::time::timeout(Duration::from_secs(120), async {
+        viewer.filter(|d| std::future::ready(matches!(d, Delivery::Failed(_)))).next().await
+    })
+    .await;
+    assert!(matches!(ended, Ok(Some(Delivery::Failed(_)))), "the viewer gets the error");
+    let opened = fake.opened.load(Ordering::SeqCst);
+    assert!(opened < 50, "{opened} upstream calls: the budget was renewed by repeats");
 }

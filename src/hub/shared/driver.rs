@@ -107,7 +107,12 @@ impl SharedCall {
                     // it is a new failure, not the old one going on. A call that breaks
                     // sooner and sends nothing new keeps the budget running, so an upstream
                     // that fails again and again still ends in an error.
-                    if received || began.elapsed() >= settings.retry_budget {
+                    // The BFF's own numbers on a call that started over (no id field, no
+                    // resume field) prove nothing: the upstream may be sending the same events
+                    // again, so only staying up counts there.
+                    let ids_tell = resource.resumable() || !resource.numbered_by_bff();
+                    let proven = received && ids_tell;
+                    if proven || began.elapsed() >= settings.retry_budget {
                         failing_since = None;
                         backoff = BACKOFF.0;
                     }
