@@ -72,11 +72,24 @@ pub struct HubSettings {
 /// tenant, and the user unless sharing across the tenant was chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShareKey {
-    route: &'static str,
+    pub(crate) route: &'static str,
     /// The route's path parameters: which resource.
-    params: Arc<[(String, String)]>,
-    tenant: Option<String>,
-    user: Option<String>,
+    pub(crate) params: Arc<[(String, String)]>,
+    pub(crate) tenant: Option<String>,
+    /// `None` unless the scope is [`ShareScope::User`].
+    pub(crate) user: Option<String>,
+}
+
+impl ShareKey {
+    /// The key of the resource `call` asks for on `route`: the user is part of it only with
+    /// [`ShareScope::User`].
+    pub(crate) fn new(route: &'static str, call: &Call, scope: ShareScope) -> Self {
+        let user = match scope {
+            ShareScope::User => call.identity.user_id.clone(),
+            ShareScope::Tenant => None,
+        };
+        Self { route, params: Arc::clone(&call.params), tenant: call.identity.tenant_id.clone(), user }
+    }
 }
 
 /// The outcome of a subscription.
@@ -169,12 +182,7 @@ impl Hub {
     }
 
     fn key(&self, call: &Call) -> ShareKey {
-        let user = match self.inner.settings.share_scope {
-            ShareScope::User => call.identity.user_id.clone(),
-            ShareScope::Tenant => None,
-        };
-        let tenant = call.identity.tenant_id.clone();
-        ShareKey { route: self.route(), params: Arc::clone(&call.params), tenant, user }
+        ShareKey::new(self.route(), call, self.inner.settings.share_scope)
     }
 
     /// The shared call for `key`, started on first use.

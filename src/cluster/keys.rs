@@ -53,6 +53,11 @@ pub(super) struct Keys {
 }
 
 impl Keys {
+    /// The keys of the shared resource `key`.
+    pub fn of(key: &crate::hub::ShareKey) -> Self {
+        Self::new(key.route, &key.params, key.tenant.as_deref(), key.user.as_deref())
+    }
+
     /// The keys of the resource `params` of `route`, shared by `tenant` and `user` (`None` when
     /// not part of the sharing key).
     pub fn new(route: &str, params: &[(String, String)], tenant: Option<&str>, user: Option<&str>) -> Self {

@@ -9,7 +9,7 @@ use tonic::Code;
 use super::{Cluster, interest::Interest, keys};
 use crate::{
     event::{EventKind, StreamEvent},
-    hub::{HubSettings, ShareScope},
+    hub::{HubSettings, ShareKey},
     routes::Retention,
     upstream::{Call, EventStream, ParamRejected, Resource, SharedResource, UpstreamError},
 };
@@ -34,11 +34,7 @@ impl Clustered {
 
     /// The Redis keys of the resource `call` asks for: the hub's sharing key, hashed.
     fn keys(&self, call: &Call) -> keys::Keys {
-        let user = match self.settings.share_scope {
-            ShareScope::User => call.identity.user_id.as_deref(),
-            ShareScope::Tenant => None,
-        };
-        keys::Keys::new(self.inner.route(), &call.params, call.identity.tenant_id.as_deref(), user)
+        keys::Keys::of(&ShareKey::new(self.inner.route(), call, self.settings.share_scope))
     }
 
     /// Follows the resource's stream after `after`: what Redis has, then what the reader

@@ -489,3 +489,28 @@ async fn a_route_numbered_by_the_bff_goes_on_after_redis_comes_back_empty() {
     assert_eq!(names.last().map(String::as_str), Some("finished"), "the stream ends, it does not stall: {names:?}");
     assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "ids only go up: {ids:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_one_document_on_two_instances_never_share_a_call() {
+    let redis = Redis::start(free_addr());
+    let sim = Binary::sim(free_addr(), 5.0).await;
+    let url = redis.url();
+    let args = ["--jwt-secret", crate::helpers::SECRET, "--redis", &url, "--lease-ttl", "1s"];
+    let cluster = join_all((0..2).map(|_| Binary::serve(sim.addr, &args, &[]))).await;
+    let path = format!("/documents/{}/progress", fresh("doc-1"));
+    let viewers = [("alice", 0), ("bob", 1), ("alice", 1)].map(|(user, i)| {
+        let request =
+            reqwest::Client::new().get(cluster[i].url(&path)).bearer_auth(crate::helpers::token(user, "acme"));
+        async move {
+            let response = request.send().await.expect("the stream opens");
+            assert_eq!(response.status(), 200);
+            let mut viewer = Viewer { response, decoder: Decoder::new(), pending: Default::default() };
+            viewer.read_all(&mut Vec::new()).await
+        }
+    });
+    for end in join_all(viewers).await {
+        assert_eq!(end.as_deref(), Some("completed"));
+    }
+    let all: Vec<&Binary> = cluster.iter().collect();
+    assert_eq!(upstream_calls(&all).await, 2.0, "one call per user (the default share scope), across instances");
+}
